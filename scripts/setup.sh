@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create .venv and install stllm with everything its tests need, on a fresh machine with only Python 3.
+# Idempotent: a second run only checks the stamp and returns. CPU machines get the CPU torch wheel via
+# constraints-cpu.txt; on a GPU machine set STLLM_GPU=1 to skip the CPU pin (then add flash-attn yourself).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${STLLM_VENV:-.venv}
+stamp="$VENV/.stllm-setup-stamp"
+want=$(cat requirements*.txt constraints-cpu.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "setup: $VENV is up to date"; exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+# The machine's pip config may list local indexes that lack most packages; drop those harmless warnings.
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+pip install --upgrade pip >/dev/null
+if [ "${STLLM_GPU:-0}" = "1" ]; then
+  C=()
+  pip install "torch>=2.4"
+else
+  C=(-c constraints-cpu.txt)
+  pip install torch==2.13.0
+fi
+pip install "${C[@]}" -r requirements.txt -r requirements-dev.txt
+DS_BUILD_OPS=0 pip install "${C[@]}" -r requirements-deepspeed.txt
+# Informational: decord's manylinux2010 wheel is flagged "not supported" by pip check but imports and decodes fine.
+pip check || echo "setup: pip check reported the above (decord's platform tag is a known false alarm)"
+pip install --no-deps -r requirements-test-assets.txt
+pip install --no-deps --no-build-isolation -e .
+# Optional: Debian's Chromium for the real-browser demo test (skipped with a message where absent).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+     chromium >/dev/null) || echo "setup: chromium not installed (browser test will be skipped)"
+fi
+echo "$want" > "$stamp"
+echo "setup: done ($("$VENV/bin/python" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
