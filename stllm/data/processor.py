@@ -197,6 +197,8 @@ class StllmProcessor:
         seqs = []
         if (i := t.piece_id("▁###")) is not None:
             seqs.append([i])
+        elif (i := t.piece_id("###")) is not None:  # small vocabularies without "▁###" (tests, quickstart)
+            seqs.append([i])
         a, b = t.piece_id("##"), t.piece_id("#")
         if a is not None and b is not None:
             seqs.append([a, b])
