@@ -84,12 +84,6 @@ class StllmConfig(PretrainedConfig):
         self.vision_config = _as_config(InstructBlipVisionConfig, vision_config)
         self.qformer_config = _as_config(InstructBlipQFormerConfig, qformer_config)
         self.text_config = _as_config(LlamaConfig, text_config)
-        if video_input not in VIDEO_INPUT_MODES:
-            raise ValueError(f"video_input must be one of {VIDEO_INPUT_MODES}, got {video_input!r}")
-        if qformer_dropout_in_train not in ("legacy", "never"):
-            raise ValueError(f"qformer_dropout_in_train must be 'legacy' or 'never', got {qformer_dropout_in_train!r}")
-        if not 0.0 <= mask_ratio_min <= mask_ratio_max < 1.0:
-            raise ValueError(f"need 0 <= mask_ratio_min <= mask_ratio_max < 1, got {mask_ratio_min}, {mask_ratio_max}")
         self.num_query_tokens = num_query_tokens
         self.video_input = video_input
         self.residual_size = residual_size
@@ -119,6 +113,20 @@ class StllmConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
+        self.validate_stllm()
+
+    def validate_stllm(self) -> None:
+        """Raise ValueError for ST-LLM settings that cannot work."""
+        if self.video_input not in VIDEO_INPUT_MODES:
+            raise ValueError(f"video_input must be one of {VIDEO_INPUT_MODES}, got {self.video_input!r}")
+        if self.qformer_dropout_in_train not in ("legacy", "never"):
+            raise ValueError("qformer_dropout_in_train must be 'legacy' or 'never', "
+                             f"got {self.qformer_dropout_in_train!r}")
+        if not 0.0 <= self.mask_ratio_min <= self.mask_ratio_max < 1.0:
+            raise ValueError(f"need 0 <= mask_ratio_min <= mask_ratio_max < 1, got {self.mask_ratio_min}, "
+                             f"{self.mask_ratio_max}")
+        if self.residual_size < 1 or self.num_query_tokens < 1:
+            raise ValueError("residual_size and num_query_tokens must be positive")
 
     def num_video_tokens(self, num_frames: int, video_input: str | None = None) -> int:
         """Number of video placeholder positions for a clip of `num_frames` frames (SPEC 1.7).
@@ -249,4 +257,5 @@ def preset_config(name: str, **overrides: Any) -> StllmConfig:
         if not hasattr(cfg, key):
             raise ValueError(f"preset override {key!r} is not a StllmConfig field")
         setattr(cfg, key, value)
+    cfg.validate_stllm()
     return cfg

@@ -23,7 +23,7 @@ from transformers.utils import ModelOutput
 from stllm.models.configuration import StllmConfig
 from stllm.models.masking import (check_dropped_tokens, compact, mvm_loss, sample_dropped_tokens, sample_mask_ratio,
                                   sequence_keep_mask)
-from stllm.models.vision import BTAdapter, VisionTower, _torch_default_linear, init_btadapter_weights
+from stllm.models.vision import BTAdapter, VisionTower, init_tagged_layer
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ class GlobalLocalAdapter(nn.Module):
         self.down_proj = nn.Linear(hidden_size, bottleneck)
         self.act = nn.ReLU()
         self.up_proj = nn.Linear(bottleneck, hidden_size)
+        self.down_proj.init_scheme = "torch_zero_bias"  # kaiming-uniform(a=sqrt 5) weight, zero bias
+        self.up_proj.init_scheme = "zeros"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up_proj(self.act(self.down_proj(x)))
@@ -62,6 +64,7 @@ class MvmDecoder(nn.Module):
         super().__init__()
         self.head = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-5)
+        self.head.init_scheme = "torch"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.head(x))
@@ -106,20 +109,9 @@ class StllmPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
+        init_tagged_layer(module)
         if isinstance(module, StllmForConditionalGeneration):
             init.normal_(module.query_tokens, mean=0.0, std=0.02)  # SPEC 1.4: N(0, 0.02)
-            _torch_default_linear(module.language_projection)  # SPEC 1.5: PyTorch default
-        elif isinstance(module, GlobalLocalAdapter):
-            _torch_default_linear(module.down_proj)
-            init.zeros_(module.down_proj.bias)
-            init.zeros_(module.up_proj.weight)
-            init.zeros_(module.up_proj.bias)
-        elif isinstance(module, MvmDecoder):
-            _torch_default_linear(module.head)
-            init.ones_(module.norm.weight)
-            init.zeros_(module.norm.bias)
-        else:
-            init_btadapter_weights(module, self.config.initializer_range)
 
 
 class StllmForConditionalGeneration(StllmPreTrainedModel):
@@ -140,6 +132,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qc.hidden_size))
         self.qformer = InstructBlipQFormerModel(qc)
         self.language_projection = nn.Linear(qc.hidden_size, tc.hidden_size)
+        self.language_projection.init_scheme = "torch"  # SPEC 1.5: PyTorch default
         self.global_adapter = (GlobalLocalAdapter(tc.hidden_size, config.residual_hidden_size)
                                if config.video_input == "residual" else None)
         self.mvm_decoder = MvmDecoder(tc.hidden_size) if config.mvm_decode else None
@@ -275,8 +268,9 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
 
     def _run_llm(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """-> final hidden states after the LLM's last RMSNorm (B, N, D), no cache (training path)."""
-        return self.language_model.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                         use_cache=False).last_hidden_state
+        # get_decoder() also reaches the LlamaModel through a PEFT wrapper
+        return self.language_model.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                                 use_cache=False).last_hidden_state
 
     @staticmethod
     def _lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -306,6 +300,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         if video_embeds is None:
             if pixel_values is None:
                 raise ValueError("forward needs pixel_values (B, T, 3, S, S) or precomputed video_embeds (B, L, D)")
+            self._check_pixels(pixel_values)
             if pixel_values.shape[0] != input_ids.shape[0]:
                 raise ValueError(f"batch size mismatch: input_ids has {input_ids.shape[0]} rows, pixel_values "
                                  f"{pixel_values.shape[0]}")
@@ -317,7 +312,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         masking = (self.config.use_mask and self.training) if use_mask is None else use_mask
         masking = (masking or dropped_tokens is not None) and is_video
         if not masking:
-            logits = self.language_model.lm_head(self._run_llm(inputs_embeds, attention_mask))
+            logits = self.get_output_embeddings()(self._run_llm(inputs_embeds, attention_mask))
             lm_loss = self._lm_loss(logits, labels) if labels is not None else None
             return StllmOutput(loss=lm_loss, lm_loss=lm_loss, logits=logits,
                                kept_ratio=torch.ones((), device=logits.device))
@@ -334,7 +329,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         video_pos = input_ids == self.config.video_token_id  # (B, N)
         keep = sequence_keep_mask(video_pos, dropped_tokens.to(video_pos.device))  # (B, N)
         hidden = self._run_llm(compact(inputs_embeds, keep), compact(attention_mask, keep))  # (B, N_keep, D)
-        logits = self.language_model.lm_head(hidden)
+        logits = self.get_output_embeddings()(hidden)
         lm_loss = self._lm_loss(logits, compact(labels, keep)) if labels is not None else None
         kept_ratio = torch.tensor(1.0 - dropped_tokens[0].float().mean().item(), device=logits.device)
 
@@ -396,6 +391,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         if video_embeds is None:
             if pixel_values is None:
                 raise ValueError("generate needs pixel_values (B, T, 3, S, S) or video_embeds (B, L, D)")
+            self._check_pixels(pixel_values)
             if pixel_values.shape[0] != input_ids.shape[0]:
                 raise ValueError(f"batch size mismatch: input_ids has {input_ids.shape[0]} rows, pixel_values "
                                  f"{pixel_values.shape[0]}")
@@ -420,3 +416,12 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         generate_kwargs.setdefault("eos_token_id", tc.eos_token_id)
         generate_kwargs.setdefault("bos_token_id", tc.bos_token_id)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def default_attn_implementation() -> str:
+    """flash_attention_2 on a CUDA machine where flash-attn is installed, otherwise PyTorch SDPA."""
+    from transformers.utils import is_flash_attn_2_available
+
+    if torch.cuda.is_available() and is_flash_attn_2_available():
+        return "flash_attention_2"
+    return "sdpa"

@@ -32,6 +32,10 @@ class BTAdapterTemporal(nn.Module):
         self.self_attn = InstructBlipAttention(config)
         self.temporal_fc = nn.Linear(config.hidden_size, config.hidden_size)  # zero-initialised: identity at start
         self.drop_path_rate = drop_path_rate
+        # SPEC 1.3 initialisation, applied by StllmPreTrainedModel._init_weights through these tags
+        self.self_attn.qkv.init_scheme = "torch_zero_bias"  # PyTorch default weights, q/v biases zero
+        self.self_attn.projection.init_scheme = "torch"
+        self.temporal_fc.init_scheme = "zeros"
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         cls, patches = x[:, :1], x[:, 1:]  # (B, 1, D), (B, P*T, D) in (p t) order
@@ -105,9 +109,6 @@ class BTAdapter(nn.Module):
         cls_x, patches = self._frame_tokens(h, b, t)
         return branch + torch.cat([cls_x, patches.transpose(1, 2).flatten(1, 2)], dim=1)
 
-    def layer(self, k: int, branch: torch.Tensor, t: int) -> torch.Tensor:
-        return self.spatial[k](self.temporal[k](branch, t), t)
-
     @staticmethod
     def to_frames(branch: torch.Tensor, b: int, t: int) -> torch.Tensor:
         """(B, 1+P*T, D) -> (B*T, 1+P, D): the branch CLS repeated for every frame, patches back to frame order."""
@@ -164,17 +165,23 @@ class VisionTower(nn.Module):
         return vision_model.post_layernorm(hidden), extras
 
 
-def init_btadapter_weights(module: nn.Module, std: float) -> None:
-    """SPEC 1.3 initialisation (through transformers.initialization, so loaded weights are never overwritten)."""
+def init_tagged_layer(module: nn.Module) -> None:
+    """Apply a layer's `init_scheme` tag (set where SPEC fixes an init) through transformers.initialization.
+
+    transformers 5 skips `_init_weights` for custom modules without direct parameters, so the scheme is carried
+    by the leaf layer itself: "zeros", "torch" (PyTorch's nn.Linear default) or "torch_zero_bias".
+    """
+    scheme = getattr(module, "init_scheme", None)
+    if scheme == "zeros":
+        init.zeros_(module.weight)
+        init.zeros_(module.bias)
+    elif scheme in ("torch", "torch_zero_bias"):
+        _torch_default_linear(module)
+        if scheme == "torch_zero_bias":
+            init.zeros_(module.bias)
     if isinstance(module, BTAdapter):
         init.zeros_(module.cls_token)
         init.normal_(module.position_embedding.weight, mean=0.0, std=1.0)  # nn.Embedding default N(0, 1)
-    elif isinstance(module, BTAdapterTemporal):
-        _torch_default_linear(module.self_attn.qkv)
-        _torch_default_linear(module.self_attn.projection)
-        init.zeros_(module.self_attn.qkv.bias)  # q/v biases start at zero
-        init.zeros_(module.temporal_fc.weight)
-        init.zeros_(module.temporal_fc.bias)
 
 
 def _torch_default_linear(linear: nn.Linear) -> None:

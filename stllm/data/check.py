@@ -1,0 +1,128 @@
+"""`python -m stllm data check CONFIG [--all] [--sample N] [key=value ...]` -> a per-dataset table and exit code.
+
+CONFIG is a training config (its `data:` section is read with the DataConfig schema; other sections are
+ignored) or a plain DataConfig YAML. Per dataset: annotation found, items, media files missing, and files that
+fail to decode among a sample (8 by default, every file with --all). Exit 1 when a required dataset is absent
+(no annotation, no items) or broken (missing or unreadable media above --max-bad). Evaluation configs
+(stllm/eval/config.py) are not checked here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from stllm.config import ConfigError
+from stllm.data.config import DataConfig, DatasetSpec, annotation_path, load_data_config, media_path
+from stllm.data.datasets import load_annotations
+from stllm.data.sampling import FrameSampling
+from stllm.data.video import MediaError, read_clip
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetReport:
+    name: str
+    required: bool
+    annotation: str
+    found: bool = False
+    items: int = 0
+    missing: int = 0
+    decoded: int = 0
+    unreadable: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def status(self, max_bad: float) -> str:
+        if not self.found or self.items == 0:
+            return "ABSENT"
+        bad_missing = self.missing / self.items > max_bad
+        bad_decode = self.decoded > 0 and self.unreadable / self.decoded > max_bad
+        if bad_missing or bad_decode or self.missing == self.items:
+            return "BROKEN"
+        return "WARN" if self.missing or self.unreadable else "OK"
+
+
+def check_dataset(cfg: DataConfig, spec: DatasetSpec, sample: int | None, seed: int = 0) -> DatasetReport:
+    """Inspect one dataset: annotation, media presence (all items), decoding (a sample or all)."""
+    report = DatasetReport(spec.name, spec.required, annotation_path(cfg, spec))
+    try:
+        items = load_annotations(report.annotation)
+    except FileNotFoundError:
+        report.problems.append(f"annotation not found: {report.annotation}")
+        return report
+    except ValueError as err:
+        report.problems.append(str(err))
+        return report
+    report.found, report.items = True, len(items)
+    key = "image" if spec.media_type == "image" else "video"
+    present = []
+    for item in items:
+        path = media_path(cfg, spec, item.get(key, ""))
+        if os.path.exists(path):
+            present.append((path, item))
+        else:
+            report.missing += 1
+            if report.missing <= 3:
+                report.problems.append(f"missing: {path}")
+    chosen = present if sample is None else random.Random(seed).sample(present, min(sample, len(present)))
+    # a cheap, deterministic decode of a few frames is enough to prove the file is readable
+    probe = FrameSampling(num_frames=min(spec.num_frames, 4), mode="middle")
+    for path, item in chosen:
+        report.decoded += 1
+        try:
+            window = probe.with_window(item.get("start"), item.get("end")) if "start" in item else probe
+            read_clip(path, window, backend="image" if key == "image" else spec.video_reader,
+                      folder_fps=spec.frame_folder_fps, max_source_frames=item.get("num_frames"))
+        except MediaError as err:
+            report.unreadable += 1
+            if report.unreadable <= 3:
+                report.problems.append(f"unreadable: {err}")
+    return report
+
+
+def format_table(reports: Sequence[DatasetReport], max_bad: float) -> str:
+    header = ("dataset", "req", "annotation", "items", "missing", "decoded", "unreadable", "status")
+    rows = [header] + [(r.name, "yes" if r.required else "no", "found" if r.found else "ABSENT", str(r.items),
+                        str(r.missing), str(r.decoded), str(r.unreadable), r.status(max_bad)) for r in reports]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stllm data", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["check"])
+    parser.add_argument("config", help="training config (data: section) or DataConfig YAML")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the data section (data_root=...)")
+    parser.add_argument("--all", action="store_true", help="decode every present media file")
+    parser.add_argument("--sample", type=int, default=8, help="media files decoded per dataset (default 8)")
+    parser.add_argument("--max-bad", type=float, default=0.01,
+                        help="fraction of missing or unreadable media above which a dataset is BROKEN")
+    args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        cfg = load_data_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"data check: {err}", file=sys.stderr)
+        return 2
+    if not cfg.datasets:
+        print(f"data check: {args.config} defines no datasets", file=sys.stderr)
+        return 2
+    logging.getLogger("stllm.data").setLevel(logging.ERROR)  # the table reports what the readers would log
+    print(f"data_root: {cfg.data_root or '(cwd)'}   anno_root: {cfg.anno_root or '(data_root)'}")
+    reports = [check_dataset(cfg, spec, None if args.all else args.sample) for spec in cfg.datasets]
+    print(format_table(reports, args.max_bad))
+    failed = [r for r in reports if r.required and r.status(args.max_bad) in ("ABSENT", "BROKEN")]
+    for r in reports:
+        for problem in r.problems:
+            print(f"  [{r.name}] {problem}")
+    if failed:
+        print(f"FAIL: required datasets absent or broken: {', '.join(r.name for r in failed)}")
+        return 1
+    print(f"OK: {len(reports)} datasets, {sum(r.items for r in reports)} items")
+    return 0

@@ -1,0 +1,253 @@
+"""VideoChat2-IT annotations + media -> VideoQAItem samples; mixtures of datasets -> per-step batch index lists.
+
+SPEC 4.2-4.3: one QA turn per sample (the QA list shuffled, the first taken: Q14 KEEP), frames by read_clip with
+the dataset's FrameSampling (``rand`` in training), the training transform applied to the whole clip.
+SPEC 4.6 / Q20: the original MetaLoader gives every batch a single dataset, chosen per step with probability
+proportional to its number of batches; MetaLoaderBatchSampler reproduces that over a ConcatDataset.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import random
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Sampler
+
+from stllm.data.config import DataConfig, DatasetSpec, annotation_path, media_path
+from stllm.data.sampling import FrameSampling
+from stllm.data.transforms import build_transform
+from stllm.data.types import VideoQAItem
+from stllm.data.video import MediaError, read_clip
+
+logger = logging.getLogger(__name__)
+
+Transform = Callable[..., torch.Tensor]
+
+
+def load_annotations(path: str) -> list[dict[str, Any]]:
+    """A VideoChat2-IT JSON (list of {"video"|"image", "QA": [{"i","q","a"}], ...}) -> its valid items.
+
+    Raises FileNotFoundError / ValueError naming the file; items without media or QA are dropped with a warning.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
+    items, dropped = [], 0
+    for item in data:
+        ok = isinstance(item, dict) and ("video" in item or "image" in item)
+        ok = ok and isinstance(item.get("QA"), list) and len(item["QA"]) > 0
+        if ok:
+            items.append(item)
+        else:
+            dropped += 1
+    if dropped:
+        logger.warning("%s: dropped %d items without a video/image path or a QA list", path, dropped)
+    return items
+
+
+class InstructionDataset(Dataset):
+    """One VideoChat2-IT dataset -> VideoQAItem (pixel_values float32 (T,3,S,S); T=1 for images).
+
+    Randomness (QA shuffle, frame draw, crop, replacement index) comes from an RNG derived from
+    (seed, epoch, index), so a sample is reproducible in any worker; call set_epoch each pass.
+    Bad media: on_bad_media="skip" logs, counts (`bad_media_count`, `last_bad_media`) and draws another index
+    (at most `max_retries` times, then raises); "fail" raises the MediaError naming the file.
+    With DataLoader workers the counters live in each worker: the replaced files also travel in
+    `item.extra["bad_media"]` so the training loop can count them.
+    """
+
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        data_root: str,
+        transform: Transform | None = None,
+        *,
+        train: bool = True,
+        on_bad_media: str = "skip",
+        seed: int = 42,
+        anno_root: str = "",
+        max_retries: int = 10,
+        image_size: int = 224,
+    ):
+        if on_bad_media not in ("skip", "fail"):
+            raise ValueError(f"on_bad_media must be skip or fail, got {on_bad_media!r}")
+        self.spec, self.train, self.on_bad_media = spec, train, on_bad_media
+        self.seed, self.max_retries, self.epoch = seed, max_retries, 0
+        self.cfg = DataConfig(data_root=data_root, anno_root=anno_root)
+        self.transform = transform if transform is not None else build_transform(train, image_size)
+        self.annotation = annotation_path(self.cfg, spec)
+        self.items = load_annotations(self.annotation)
+        self.is_image = spec.media_type == "image"
+        sampling = spec.sampling()
+        # evaluation-style use of a training set: deterministic segment middles (SPEC 4.4 `middle`)
+        self.sampling = sampling if train else FrameSampling(num_frames=sampling.num_frames, mode="middle")
+        self.bad_media_count = 0
+        self.last_bad_media: collections.deque[tuple[str, str]] = collections.deque(maxlen=50)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, index: int) -> random.Random:
+        return random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
+
+    def media_file(self, item: dict[str, Any]) -> str:
+        return media_path(self.cfg, self.spec, item["image"] if self.is_image else item["video"])
+
+    def load(self, index: int, rng: random.Random) -> VideoQAItem:
+        """Read, sample and transform one item; raises MediaError for bad media."""
+        item = self.items[index]
+        path = self.media_file(item)
+        qa = list(item["QA"])
+        if self.train and len(qa) > 1:
+            rng.shuffle(qa)  # SPEC 3.2 / Q14: shuffle then keep only the first turn
+        turn = qa[0]
+        if self.is_image:
+            clip = read_clip(path, self.sampling, backend="image")
+        else:
+            sampling = self.sampling
+            if "start" in item and "end" in item:
+                sampling = sampling.with_window(float(item["start"]), float(item["end"]))
+            clip = read_clip(path, sampling, rng=rng, backend=self.spec.video_reader,
+                             folder_fps=self.spec.frame_folder_fps,
+                             max_source_frames=item.get("num_frames"))  # per sample only: SPEC Q17 fix
+            if clip.total_frames < self.spec.min_source_frames:
+                raise MediaError(path, f"{clip.total_frames} frames, fewer than min_source_frames="
+                                       f"{self.spec.min_source_frames}")
+        generator = torch.Generator().manual_seed(rng.getrandbits(63))
+        pixels = self.transform(clip.frames, generator=generator)  # (T, 3, S, S) float32
+        return VideoQAItem(
+            pixel_values=pixels, instruction=turn.get("i", "") or "", question=turn.get("q", ""),
+            answer=turn.get("a", ""), media=path, frame_indices=clip.indices, is_image=self.is_image,
+            dataset=self.spec.name, extra={"index": index, "duration": clip.duration, "fps": clip.fps},
+        )
+
+    def __getitem__(self, index: int) -> VideoQAItem:
+        rng = self._rng(index)
+        bad: list[tuple[str, str]] = []
+        for _ in range(self.max_retries + 1):
+            try:
+                sample = self.load(index, rng)
+                sample.extra["bad_media"] = bad
+                return sample
+            except MediaError as err:
+                if self.on_bad_media == "fail":
+                    raise
+                self.bad_media_count += 1
+                self.last_bad_media.append((err.path, err.problem))
+                bad.append((err.path, err.problem))
+                logger.warning("[%s] skipping bad media %s: %s", self.spec.name, err.path, err.problem)
+                index = rng.randrange(len(self.items))  # SPEC 4.3: replace by a random other item
+        raise MediaError(self.annotation, f"{len(bad)} bad media files in a row (last: {bad[-1][0]}: "
+                                          f"{bad[-1][1]}); giving up after max_retries={self.max_retries}")
+
+
+def build_datasets(cfg: DataConfig, *, train: bool = True, transform: Transform | None = None) -> list[InstructionDataset]:
+    """A resolved DataConfig -> one InstructionDataset per entry (same transform and bad-media policy)."""
+    transform = transform if transform is not None else build_transform(train, cfg.image_size)
+    return [InstructionDataset(spec, cfg.data_root, transform, train=train, on_bad_media=cfg.on_bad_media,
+                               seed=cfg.seed, anno_root=cfg.anno_root, max_retries=cfg.max_retries)
+            for spec in cfg.datasets]
+
+
+def _shard(n: int, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool = True) -> list[int]:
+    """torch DistributedSampler(shuffle, seed, drop_last=False) order for one rank (padded by wrapping)."""
+    if shuffle:
+        g = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=g).tolist()
+    else:
+        order = list(range(n))
+    total = math.ceil(n / world_size) * world_size
+    pad = total - n
+    order += (order * math.ceil(pad / n))[:pad] if pad > 0 else []
+    return order[rank:total:world_size]
+
+
+class MetaLoaderBatchSampler(Sampler[list[int]]):
+    """Batches of global ConcatDataset indices, every batch from ONE dataset (SPEC 4.6, Q20 KEEP).
+
+    Per dataset: DistributedSampler order (seed + epoch), this rank's shard, batches of batch_size with
+    drop_last. Per pass: dataset i appears len(batches_i) times in a list shuffled by Random(seed + epoch), so
+    a dataset is chosen with probability proportional to its number of batches. Every rank computes the same
+    dataset order from (seed, epoch) without any broadcast, and takes its own shard of that dataset.
+    """
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, *, seed: int = 42, rank: int = 0,
+                 world_size: int = 1, shuffle: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.sizes, self.batch_size = list(sizes), batch_size
+        self.seed, self.rank, self.world_size, self.shuffle = seed, rank, world_size, shuffle
+        self.offsets = [0]
+        for n in self.sizes[:-1]:
+            self.offsets.append(self.offsets[-1] + n)
+        self.epoch, self.start_batch = 0, 0
+
+    def batches_per_dataset(self) -> list[int]:
+        return [math.ceil(n / self.world_size) // self.batch_size if n else 0 for n in self.sizes]
+
+    def __len__(self) -> int:
+        return sum(self.batches_per_dataset())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def dataset_order(self) -> list[int]:
+        """Which dataset each step of this pass draws from (identical on every rank)."""
+        order = [i for i, nb in enumerate(self.batches_per_dataset()) for _ in range(nb)]
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        return order
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shards = [_shard(n, self.seed, self.epoch, self.rank, self.world_size, self.shuffle) if n else []
+                  for n in self.sizes]
+        cursor = [0] * len(self.sizes)
+        for step, ds in enumerate(self.dataset_order()):
+            lo = cursor[ds]
+            cursor[ds] += self.batch_size
+            if step < self.start_batch:
+                continue
+            yield [self.offsets[ds] + i for i in shards[ds][lo : lo + self.batch_size]]
+        self.start_batch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "start_batch": self.start_batch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the same seed and epoch replay the same order; start_batch skips the batches already seen."""
+        self.seed, self.epoch, self.start_batch = state["seed"], state["epoch"], state.get("start_batch", 0)
+
+
+class ShuffledBatchSampler(MetaLoaderBatchSampler):
+    """Plain mix: one DistributedSampler-style shuffle over the whole ConcatDataset (batches may mix datasets)."""
+
+    def batches_per_dataset(self) -> list[int]:
+        return [math.ceil(sum(self.sizes) / self.world_size) // self.batch_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        shard = _shard(sum(self.sizes), self.seed, self.epoch, self.rank, self.world_size, self.shuffle)
+        for step in range(self.start_batch, len(self)):
+            yield shard[step * self.batch_size : (step + 1) * self.batch_size]
+        self.start_batch = 0
+
+
+def build_mixture(datasets: Sequence[Dataset], batch_size: int, *, mixture: str = "meta_loader", seed: int = 42,
+                  rank: int = 0, world_size: int = 1) -> tuple[ConcatDataset, MetaLoaderBatchSampler]:
+    """Datasets -> (ConcatDataset, batch sampler) for DataLoader(concat, batch_sampler=sampler, collate_fn=...)."""
+    cls = {"meta_loader": MetaLoaderBatchSampler, "shuffled": ShuffledBatchSampler}[mixture]
+    sampler = cls([len(d) for d in datasets], batch_size, seed=seed, rank=rank, world_size=world_size)
+    return ConcatDataset(list(datasets)), sampler

@@ -1,0 +1,124 @@
+"""`python -m stllm train` on the tiny recipe: loss goes down, saved dirs reload, resume is bitwise, errors come early."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from stllm.config import ConfigError
+from stllm.data.processor import StllmProcessor
+from stllm.models.modeling import StllmForConditionalGeneration
+from stllm.train import run
+from stllm.train.config import load_train_config
+from stllm.train.toydata import write_drawn_dataset, write_video_dataset
+from tests.helpers import VIDEOS, need
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "train" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy")
+    write_drawn_dataset(root, num=8)
+    return root
+
+
+def tiny_config(root: Path, out: Path, *overrides: str):
+    return load_train_config(TINY, [f"data.data_root={root}", f"train.output_dir={out}",
+                                    "train.per_device_train_batch_size=2", "train.logging_steps=1",
+                                    "train.disable_tqdm=true", *overrides])
+
+
+def losses(out: Path) -> dict[int, dict]:
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h for h in history if "loss" in h}
+
+
+def _check_lowers_loss(root: Path, out: Path) -> None:
+    run.train(tiny_config(root, out, "train.max_steps=12", "train.save_strategy=no"))
+    log = losses(out)
+    first = sum(log[s]["loss"] for s in (1, 2, 3)) / 3
+    last = sum(log[s]["loss"] for s in (10, 11, 12)) / 3
+    assert last < 0.8 * first, (first, last)
+    for entry in log.values():  # the loss parts and throughput are logged
+        assert {"lm_loss", "mvm_loss", "kept_ratio", "samples_per_second", "video_tokens_per_second"} <= set(entry)
+        assert 0.3 - 1e-6 <= entry["kept_ratio"] <= 0.9 + 1e-6  # 1 - r, r in [0.1, 0.7] (SPEC 2.1)
+    # the output dir is a model dir: loads with no conversion and runs
+    model = StllmForConditionalGeneration.from_pretrained(out).eval()
+    processor = StllmProcessor.from_pretrained(out)
+    ex = processor.training_example("", "Which way does the square move?", "left", num_frames=4)
+    batch = processor.collate([ex])
+    pixels = torch.randn(1, 4, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.isfinite(model(**batch, pixel_values=pixels).loss)
+    assert (out / "train_config.yaml").is_file()
+
+
+def test_tiny_recipe_lowers_loss_on_drawn_videos(toy_root, tmp_path):
+    _check_lowers_loss(toy_root, tmp_path / "run")
+
+
+def test_tiny_recipe_lowers_loss_on_shared_videos(tmp_path):
+    root = tmp_path / "data"
+    write_video_dataset(root, need(VIDEOS))
+    _check_lowers_loss(root, tmp_path / "run")
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+
+
+def test_resume_is_bitwise(toy_root, tmp_path):
+    # 8 samples / batch 2 = 4 steps per epoch: stopping at 6 resumes mid-way through the second pass
+    common = ["train.max_steps=8", "train.save_strategy=steps", "train.save_steps=3"]
+    run.train(tiny_config(toy_root, tmp_path / "a", *common))
+    run.train(tiny_config(toy_root, tmp_path / "b", *common), callbacks=[StopAt(6)])
+    stopped = losses(tmp_path / "b")
+    assert max(stopped) == 6 and (tmp_path / "b" / "checkpoint-6").is_dir()
+    run.train(tiny_config(toy_root, tmp_path / "b", *common))  # resume=auto -> checkpoint-6
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    for step in range(1, 9):
+        for key in ("loss", "lm_loss", "mvm_loss", "kept_ratio"):
+            assert a[step][key] == b[step][key], (step, key, a[step][key], b[step][key])
+    wa = StllmForConditionalGeneration.from_pretrained(tmp_path / "a").state_dict()
+    wb = StllmForConditionalGeneration.from_pretrained(tmp_path / "b").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Model construction fails the test if reached."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the model was built before the config error was raised")
+
+    monkeypatch.setattr(run, "build_model", forbidden)
+    monkeypatch.setattr(StllmForConditionalGeneration, "from_pretrained", forbidden)
+
+
+def test_bad_override_key_fails_before_the_model(no_model, toy_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run.main([str(TINY), f"data.data_root={toy_root}", f"train.output_dir={tmp_path}", "train.lerning_rate=1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "lerning_rate" in err and "learning_rate" in err
+
+
+def test_missing_dataset_fails_before_the_model(no_model, tmp_path, capsys):
+    recipe = REPO / "configs" / "train" / "stllm_qa.yaml"
+    with pytest.raises(SystemExit):
+        run.main([str(recipe), "data.datasets=[{name: no_such_dataset}]"])
+    assert "no_such_dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # known names, but no annotation files under data_root
+        run.main([str(recipe), f"data.data_root={tmp_path}"])
+    assert "annotation files not found" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="annotation"):
+        load_train_config(TINY, [f"data.data_root={tmp_path / 'empty'}"])
