@@ -30,7 +30,6 @@ def test_one_shot_subprocess_prints_the_answer(tiny_model_dir, video):
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     out = res.stdout.rstrip("\n")
-    assert "\n" not in out.strip("\n") or out  # one streamed answer line (may be empty for a random tiny model)
     # the same answer as the library gives for the same settings (streamed printing loses nothing)
     from stllm.chat import Chat, ChatEngine, ChatSettings
 
