@@ -36,11 +36,12 @@ class ProcessorSettings:
     num_frames: int = 16
     legacy_qformer_text_split: bool = False  # SPEC Q21: True = the original's string split of the instruction
 
-    def num_video_tokens(self, num_frames: int) -> int:
+    def num_video_tokens(self, num_frames: int, video_input: str | None = None) -> int:
+        mode = video_input or self.video_input
         q = self.num_query_tokens
-        if num_frames == 1 or self.video_input == "mean":
+        if num_frames == 1 or mode == "mean":
             return q
-        return num_frames * q if self.video_input == "all" else self.residual_size * q
+        return num_frames * q if mode == "all" else self.residual_size * q
 
 
 class StllmProcessor:
@@ -112,9 +113,10 @@ class StllmProcessor:
             return prompt.split("Human: ", 1)[1].split(" ###")[0]
         return f"{instruction} {question}" if instruction else question
 
-    def build_prompt_ids(self, prompt: str, num_frames: int) -> list[int]:
+    def build_prompt_ids(self, prompt: str, num_frames: int, video_input: str | None = None) -> list[int]:
         """A prompt with exactly one `<ImageHere>` -> ids with L video placeholders (SPEC 3.3 prompt_wrap).
 
+        `video_input` overrides the model's mode for the placeholder count (SPEC Q1 legacy MVBench path).
         The text before the video is encoded without special tokens; the text after it with the BOS for the
         InstructBLIP base (so `</s>` sits right after the video tokens, SPEC Q13); the MiniGPT-4 base gets `<s>`
         at position 0 instead.
@@ -124,7 +126,7 @@ class StllmProcessor:
                              f"{prompt.count(IMAGE_PLACEHOLDER)}: {prompt[:200]!r}")
         before, after = prompt.split(IMAGE_PLACEHOLDER)
         s = self.settings
-        video = [s.video_token_id] * s.num_video_tokens(num_frames)
+        video = [s.video_token_id] * s.num_video_tokens(num_frames, video_input)
         ids = self.tokenizer.encode(before) + video + self.tokenizer.encode(after, add_bos=s.qformer_text_input)
         if not s.qformer_text_input:
             ids = [self.tokenizer.sp.bos_id()] + ids

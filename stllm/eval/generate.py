@@ -6,8 +6,6 @@ is decoded and cut (before the first "###", after the last "Assistant:", strippe
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 from dataclasses import asdict
 from typing import Any, Optional, Sequence
@@ -32,16 +30,8 @@ def generation_kwargs(gen: GenerationConfig) -> dict[str, Any]:
 
 
 def _prompt_ids(processor: Any, prompt: str, num_frames: int, video_input: Optional[str]) -> list[int]:
-    if video_input is None:
-        return processor.build_prompt_ids(prompt, num_frames)
-    # SPEC Q1 legacy path: the placeholder count must follow the overriding mode; a shallow copy of the
-    # processor with that mode in its settings builds the ids (the processor itself is left untouched)
-    settings = getattr(processor, "settings", None)
-    if settings is None or not hasattr(settings, "video_input"):
-        raise TypeError("video_input_override needs a processor with settings.video_input")
-    proc = copy.copy(processor)
-    proc.settings = dataclasses.replace(settings, video_input=video_input)
-    return proc.build_prompt_ids(prompt, num_frames)
+    # SPEC Q1 legacy path: with an overriding mode the placeholder count follows that mode
+    return processor.build_prompt_ids(prompt, num_frames, video_input=video_input)
 
 
 def _strip_padding(ids: list[int], pad_id: Optional[int]) -> list[int]:
