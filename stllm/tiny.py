@@ -63,8 +63,12 @@ def write_bert_vocab(directory: str | Path, extra_text: Iterable[str] = ()) -> P
 
 
 def build_tiny_model_dir(directory: str | Path, seed: int = 0, extra_text: Iterable[str] = (),
-                         **config_overrides) -> Path:
-    """Train tokenizers, build the `tiny` preset sized to them, save model + processor -> directory."""
+                         vision: dict | None = None, **config_overrides) -> Path:
+    """Train tokenizers, build the `tiny` preset sized to them, save model + processor -> directory.
+
+    `vision` overrides vision_config fields (e.g. image_size, initializer_range); other keyword arguments are
+    top-level StllmConfig fields.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     extra_text = list(extra_text)
@@ -78,10 +82,15 @@ def build_tiny_model_dir(directory: str | Path, seed: int = 0, extra_text: Itera
     cfg.text_config.pad_token_id = probe.tokenizer.pad_token_id
     cfg.video_token_id = len(probe.tokenizer)
     cfg.qformer_config.vocab_size = len(probe.qformer_tokenizer)
+    for key, value in (vision or {}).items():
+        if not hasattr(cfg.vision_config, key):
+            raise ValueError(f"unknown vision_config field {key!r}")
+        setattr(cfg.vision_config, key, value)
     for key, value in config_overrides.items():
         if not hasattr(cfg, key):
             raise ValueError(f"unknown StllmConfig field {key!r}")
         setattr(cfg, key, value)
+    cfg.validate_stllm()
     torch.manual_seed(seed)
     model = StllmForConditionalGeneration(cfg)
     model.save_pretrained(directory)

@@ -39,7 +39,9 @@ def build_prompt(question: str, cfg: PromptConfig) -> str:
     style "mvbench" (ask_simple path, SPEC 7.2):
         <video> "###Human: " + (S if use_system) + question + suffix + "\\n###Assistant: " + answer_prefix
     style "chat" (InstructBLIP base, Chat.get_context_emb_sim, SPEC 7.3/7.4):
-        <video> (S if use_system else "") + "###Human: " + question + " ###Assistant: "
+        <video> (S if use_system else "") + "###Human: " + question + " ###Assistant: " + answer_prefix
+        (answer_prefix is "" in the VcgBench/QA protocols; the quickstart's synthetic benchmark uses it to ask
+        multiple-choice questions in the training prompt format of SPEC 3.2)
     style "minigpt4" (MiniGPT-4 base, Chat.get_context_emb, SPEC 7.3, Q32: no space before ###Assistant):
         S_minigpt4 + "###Human: <Video>" <video> "</Video> " + question + "###Assistant: "
     """
@@ -50,7 +52,7 @@ def build_prompt(question: str, cfg: PromptConfig) -> str:
         return f"{VIDEO_TOKEN}###Human: {body}\n###Assistant: {cfg.answer_prefix}"
     if cfg.style == "chat":
         system = cfg.system if cfg.use_system else ""
-        return f"{VIDEO_TOKEN}{system}###Human: {question} ###Assistant: "
+        return f"{VIDEO_TOKEN}{system}###Human: {question} ###Assistant: {cfg.answer_prefix}"
     if cfg.style == "minigpt4":
         system = cfg.minigpt4_system if cfg.use_system else ""
         return f"{system}###Human: <Video>{VIDEO_TOKEN}</Video> {question}###Assistant: "

@@ -1,0 +1,177 @@
+"""Seed -> procedurally drawn video-QA set (real mp4 files) in the VideoChat2-IT and MVBench layouts.
+
+Temporal tasks are built so that their two answers are time reversals of each other: a video of one class is the
+other class played backwards, with the same random geometry. Any model that is blind to frame order (mean
+pooling over frames) therefore sees identically distributed inputs for both answers and cannot beat chance;
+a model that keeps every frame's tokens can. The colour task is static: pooling solves it.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+BACKGROUND = (16, 16, 16)
+
+
+@dataclass
+class Clip:
+    frames: np.ndarray  # uint8 (T, H, W, 3)
+    question: str
+    candidates: list[str]
+    answer: str
+
+
+def _canvas(t: int, size: int) -> np.ndarray:
+    return np.broadcast_to(np.array(BACKGROUND, np.uint8), (t, size, size, 3)).copy()
+
+
+def _square(frame: np.ndarray, x: float, y: float, half: int, colour: tuple[int, int, int]) -> None:
+    size = frame.shape[0]
+    x0, x1 = int(round(x)) - half, int(round(x)) + half
+    y0, y1 = int(round(y)) - half, int(round(y)) + half
+    frame[max(y0, 0):max(min(y1, size), 0), max(x0, 0):max(min(x1, size), 0)] = colour
+
+
+def _path(t: int, start: float, end: float) -> np.ndarray:
+    return np.linspace(start, end, t)
+
+
+def draw_direction(rng: random.Random, t: int, size: int) -> Clip:
+    """A square moves left or right across the frame (temporal: the two classes are time reversals)."""
+    half = size // 8
+    colour = COLOURS[rng.choice(list(COLOURS))]
+    a, b = rng.uniform(half, size * 0.35), rng.uniform(size * 0.65, size - half)
+    y = rng.uniform(half, size - half)
+    right = rng.random() < 0.5
+    xs = _path(t, a, b) if right else _path(t, b, a)
+    frames = _canvas(t, size)
+    for i in range(t):
+        _square(frames[i], xs[i], y, half, colour)
+    return Clip(frames, "Which direction does the square move?", ["left", "right"], "right" if right else "left")
+
+
+def draw_order(rng: random.Random, t: int, size: int) -> Clip:
+    """A red and a blue square, each visible for half of the clip: which one appears first?"""
+    half = size // 8
+    names = ["red", "blue"]
+    first = rng.choice(names)
+    second = names[1 - names.index(first)]
+    spots = [(rng.uniform(half, size - half), rng.uniform(half, size - half)) for _ in range(2)]
+    frames = _canvas(t, size)
+    for i in range(t):
+        name, (x, y) = (first, spots[0]) if i < t // 2 else (second, spots[1])
+        _square(frames[i], x, y, half, COLOURS[name])
+    return Clip(frames, "Which square appears first?", ["the red square", "the blue square"], f"the {first} square")
+
+
+def draw_enter_leave(rng: random.Random, t: int, size: int) -> Clip:
+    """A square slides from outside the frame to its centre (enters) or from the centre out (leaves)."""
+    half = size // 8
+    colour = COLOURS[rng.choice(list(COLOURS))]
+    side = rng.choice([-1, 1])
+    outside = size / 2 + side * (size / 2 + half + 1)
+    centre = size / 2 + rng.uniform(-size / 8, size / 8)
+    y = rng.uniform(half, size - half)
+    enters = rng.random() < 0.5
+    xs = _path(t, outside, centre) if enters else _path(t, centre, outside)
+    frames = _canvas(t, size)
+    for i in range(t):
+        _square(frames[i], xs[i], y, half, colour)
+    return Clip(frames, "Does the square enter or leave the frame?", ["enters", "leaves"],
+                "enters" if enters else "leaves")
+
+
+def draw_colour(rng: random.Random, t: int, size: int) -> Clip:
+    """Static control: the colour of a still square (pooling over frames loses nothing here)."""
+    half = size // 6
+    name = rng.choice(list(COLOURS))
+    x, y = rng.uniform(half, size - half), rng.uniform(half, size - half)
+    frames = _canvas(t, size)
+    for i in range(t):
+        _square(frames[i], x, y, half, COLOURS[name])
+    return Clip(frames, "What colour is the square?", list(COLOURS), name)
+
+
+TASKS: dict[str, tuple[Callable[[random.Random, int, int], Clip], bool]] = {
+    # task -> (drawer, depends on time order)
+    "direction": (draw_direction, True),
+    "order": (draw_order, True),
+    "enter_leave": (draw_enter_leave, True),
+    "colour": (draw_colour, False),
+}
+
+
+def write_mp4(frames: np.ndarray, path: Path, fps: int = 8) -> None:
+    """uint8 (T, H, W, 3) -> an H.264 mp4 (yuv420p) written with PyAV."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "12", "preset": "veryfast"}
+        for img in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")))
+        container.mux(stream.encode(None))
+
+
+def mcq(clip: Clip, rng: random.Random) -> tuple[str, list[str], str]:
+    """Shuffle the options -> (question text in MVBench's qa_template, candidates, "(X) answer")."""
+    options = clip.candidates[:]
+    rng.shuffle(options)
+    letters = "ABCDEFGH"
+    text = f"Question: {clip.question}\nOptions:\n" + "\n".join(f"({letters[i]}) {o}" for i, o in enumerate(options))
+    return text, options, f"({letters[options.index(clip.answer)]}) {clip.answer}"
+
+
+def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, eval_per_task: int = 50,
+                  frames: int = 16, size: int = 64) -> dict[str, Path]:
+    """Write videos and annotations under root; -> paths of the training JSON and the MVBench-style folder.
+
+    root/train/videos/*.mp4 + root/train/annotations.json (VideoChat2-IT: video, QA=[{i, q, a}]);
+    root/eval/videos/*.mp4 + root/eval/json/<task>.json (MVBench: video, question, candidates, answer).
+    Training answers read "Best option:(X) answer": the MVBench protocol ends the prompt with "Best option:(".
+    """
+    root = Path(root)
+    rng = random.Random(seed)
+    train_items, eval_items = [], {task: [] for task in TASKS}
+    for task, (draw, _) in TASKS.items():
+        for split, count in (("train", train_per_task), ("eval", eval_per_task)):
+            for k in range(count):
+                clip = draw(rng, frames, size)
+                name = f"{task}_{k:04d}.mp4"
+                write_mp4(clip.frames, root / split / "videos" / name)
+                text, options, gt = mcq(clip, rng)
+                if split == "train":
+                    train_items.append({"video": name, "QA": [{"i": "", "q": text, "a": f"Best option:{gt}"}],
+                                        "task": task})
+                else:
+                    eval_items[task].append({"video": name, "question": clip.question, "candidates": options,
+                                             "answer": clip.answer})
+    rng.shuffle(train_items)
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "train" / "annotations.json").write_text(json.dumps(train_items, indent=1))
+    (root / "eval" / "json").mkdir(parents=True, exist_ok=True)
+    for task, items in eval_items.items():
+        (root / "eval" / "json" / f"{task}.json").write_text(json.dumps(items, indent=1))
+    return {"train_annotations": root / "train" / "annotations.json", "train_media": root / "train" / "videos",
+            "eval_json": root / "eval" / "json", "eval_media": root / "eval" / "videos"}
+
+
+def corpus_words() -> list[str]:
+    """Every question, option and answer text of the tasks: extra corpus for the tiny tokenizers."""
+    rng = random.Random(0)
+    lines = []
+    for draw, _ in TASKS.values():
+        clip = draw(rng, 2, 16)
+        for _ in range(4):
+            text, _, gt = mcq(clip, rng)
+            lines.append(f"{text} ###Assistant: Best option:{gt}")
+    return lines
