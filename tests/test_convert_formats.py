@@ -39,7 +39,8 @@ def _config(tmp: Path) -> Path:
 
 def _convert(src: Path, out: Path, *extra: str) -> dict[str, torch.Tensor]:
     cfg = _config(out.parent)
-    args = ["--from-stllm", str(src), "--recipe", "qa", "--config", str(cfg), "--out", str(out), "--dtype", "float32"]
+    args = ["--from-stllm", str(src), "--recipe", "qa", "--config", str(cfg), "--out", str(out), "--dtype", "float32",
+            "--no-tokenizer"]
     assert convert_main(args + list(extra)) == 0
     model, info = StllmForConditionalGeneration.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
@@ -104,7 +105,7 @@ def test_hf_instructblip_layout_is_a_training_start(tmp_path: Path, expected: di
     hf["qformer.embeddings.position_ids"] = torch.arange(512)[None]
     write_bin_shards(hf, src, n=2)
     out = tmp_path / "out"
-    assert convert_main(["--from-hf-instructblip", str(src), "--recipe", "qa", "--config", str(_config(tmp_path)),
+    assert convert_main(["--from-hf-instructblip", str(src), "--no-tokenizer", "--recipe", "qa", "--config", str(_config(tmp_path)),
                          "--out", str(out), "--no-vit-fp16"]) == 0
     got = StllmForConditionalGeneration.from_pretrained(out, dtype=torch.float32).state_dict()
     for k in hf:
@@ -193,3 +194,11 @@ def test_non_checkpoint_file(tmp_path: Path, content: bytes) -> None:
 def test_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     assert "no checkpoint found" in _fails(tmp_path, src=tmp_path / "src")
+
+
+def test_missing_tokenizer_fails_before_converting(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(SystemExit, match="--llm-tokenizer tokenizer.model and --qformer-vocab vocab.txt"):
+        convert_main(["--from-stllm", str(src), "--recipe", "qa", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # nothing written

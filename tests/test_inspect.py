@@ -25,7 +25,7 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     (src / "model.safetensors").symlink_to(REF / "weights_qa.safetensors")
     tok = REF / "tokenizers"
-    convert_main(["--from-stllm", str(src), "--recipe", "qa", "--config", str(tmp / "config.json"), "--out",
+    convert_main(["--from-stllm", str(src), "--no-tokenizer", "--recipe", "qa", "--config", str(tmp / "config.json"), "--out",
                   str(tmp / "out"), "--max-shard-size", "1MB", "--llm-tokenizer", str(tok / "llama_tiny" /
                   "tokenizer.model"), "--qformer-vocab", str(tok / "bert_tiny" / "vocab.txt")])
     return tmp / "out"

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import torch
+
 from stllm.data.sampling import FrameSampling, frame_indices
 from stllm.data.transforms import EvalTransform
 from stllm.data.video import VIDEO_EXTS, read_clip
@@ -71,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=1, help="decord threads (the original used 1)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads (1: one core, as decord)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    torch.set_num_threads(args.torch_threads)
     videos = sorted(p for p in Path(args.videos).glob("*") if p.suffix.lower() in VIDEO_EXTS)
     if not videos:
         print(f"bench data: no videos in {args.videos}", file=sys.stderr)
@@ -88,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             fast_ratios.append(r["fast"] / r["raw"])
             print(f"{video.stem:<14}{int(r['total']):>7}{n:>5}{1 / r['ours']:>12.2f}{1 / r['fast']:>14.2f}"
                   f"{1 / r['raw']:>12.2f}{1 / r['all']:>19.2f}{ratios[-1]:>9.2f}{fast_ratios[-1]:>11.2f}")
-    print(f"time ratio pipeline/raw decode (decord threads={args.threads}, eval transform at {args.size}): "
+    print(f"time ratio pipeline/raw decode (decord threads={args.threads}, torch threads={args.torch_threads}, "
+          f"eval transform at {args.size}, best of {args.repeats}): "
           f"pil (exact) median {statistics.median(ratios):.2f} max {max(ratios):.2f}; "
           f"torch resize median {statistics.median(fast_ratios):.2f} max {max(fast_ratios):.2f}")
     return 0

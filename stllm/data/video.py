@@ -151,6 +151,7 @@ def _read_pyav(path: str, sampling: FrameSampling, rng: Rng, num_threads: int = 
         total = len(pts)
         indices = _sample(path, sampling, total, fps, rng)
         wanted = sorted(set(indices))
+        wanted_set = set(wanted)
         key_positions = [i for i, k in enumerate(keys) if k] or [0]
         decoded: dict[int, np.ndarray] = {}
         pos_of_pts = {ts: i for i, ts in enumerate(pts)}
@@ -171,7 +172,7 @@ def _read_pyav(path: str, sampling: FrameSampling, rng: Rng, num_threads: int = 
                     if pos is None:
                         continue
                     cursor = pos
-                    if pos in wanted and pos not in decoded:
+                    if pos in wanted_set and pos not in decoded:
                         decoded[pos] = frame.to_ndarray(format="rgb24")
                     if pos >= target:
                         break
@@ -191,12 +192,12 @@ def _read_gif(path: str, sampling: FrameSampling, rng: Rng) -> VideoClip:
             duration_ms = img.info.get("duration") or 0
             fps = 1000.0 / duration_ms if duration_ms > 0 else GIF_DEFAULT_FPS
             indices = _sample(path, sampling, total, fps, rng)
-            wanted, decoded = set(indices), {}
+            wanted, last, decoded = set(indices), max(indices), {}
             # GIF frames are deltas on the previous frame: decode forward, stop after the last needed one
             for pos, frame in enumerate(ImageSequence.Iterator(img)):
                 if pos in wanted:
                     decoded[pos] = np.array(frame.convert("RGB"))
-                if pos >= max(wanted):
+                if pos >= last:
                     break
     except MediaError:
         raise

@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="round EVA/BT-Adapter linear weights through fp16 as the original (training starts)")
     p.add_argument("--llm-tokenizer", type=Path, help="Llama tokenizer.model (default: from the LLM/source dir)")
     p.add_argument("--qformer-vocab", type=Path, help="BERT vocab.txt (default: from the source dir)")
+    p.add_argument("--no-tokenizer", action="store_true",
+                   help="write weights only (the directory then needs tokenizer files before eval or the demos)")
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialised new modules and [PAD] rows")
     return p
@@ -262,9 +264,8 @@ def default_tokenizer_files(args: argparse.Namespace) -> tuple[Path | None, Path
 
 
 def save_tokenizers(config: StllmConfig, out: Path, tok: Path | None, vocab: Path | None) -> bool:
-    """SPEC 3.1 special-token setup through the processor; False (with a warning) when files are missing."""
+    """SPEC 3.1 special-token setup through the processor; False when there are no files (--no-tokenizer)."""
     if tok is None or vocab is None:
-        logger.warning("no tokenizer written: pass --llm-tokenizer tokenizer.model and --qformer-vocab vocab.txt")
         return False
     from stllm.data.processor import StllmProcessor  # models never import data at module level (DESIGN 3)
 
@@ -292,6 +293,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_target_config(args)
     dtype = DTYPES[args.dtype or ("float16" if args.from_stllm else "float32")]
     sources = sources_for(args, config)
+    tokenizer_files = default_tokenizer_files(args)
+    if None in tokenizer_files and not args.no_tokenizer:
+        # checked before the (long) conversion: a model directory without tokenizer files cannot be evaluated
+        missing = [flag for flag, f in zip(("--llm-tokenizer tokenizer.model", "--qformer-vocab vocab.txt"),
+                                           tokenizer_files) if f is None]
+        raise SystemExit(f"convert: no tokenizer found in the source directories; pass {' and '.join(missing)} "
+                         f"(the released weights ship none, SPEC 5.4), or --no-tokenizer to write weights only")
     args.out.mkdir(parents=True, exist_ok=True)
     conv = Converter(config, args.out, dtype, args.vit_fp16, parse_size(args.max_shard_size), args.seed)
     try:
@@ -304,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     config.dtype = dtype
     config.save_pretrained(args.out)
-    has_tok = save_tokenizers(config, args.out, *default_tokenizer_files(args))
+    has_tok = save_tokenizers(config, args.out, *tokenizer_files)
     (args.out / "README.md").write_text(model_card(args, config, sources, dtype))
     (args.out / "conversion_report.json").write_text(json.dumps(
         {"sources": {s.label: str(s.path) for s in sources}, "tensors": report.provenance,
