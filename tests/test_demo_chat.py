@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from stllm.eval.prompts import build_prompt
 from tests.data_media import write_video
 from tests.helpers import VIDEOS, need
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def fast(**kw) -> ChatSettings:

@@ -1,6 +1,7 @@
 """demo_gradio.py through gradio_client on 127.0.0.1: upload, streamed turns, reset, bad uploads, two users."""
 from __future__ import annotations
 
+import os
 import socket
 import threading
 
@@ -68,12 +69,18 @@ def test_api_names_and_safe_launch_defaults(server, monkeypatch, tiny_model_dir)
     api = client(server).view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/upload", "/ask", "/reset"} <= set(api)
     seen = {}
-    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
-    assert demo_gradio.main(["--model", str(tiny_model_dir), "--device", "cpu"]) == 0
-    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
-    assert seen["max_file_size"] == "200.0mb"
-    import os
+    real_launch = gr.Blocks.launch
 
+    def spy(self, **kw):  # the real launch with main's arguments, but returning at once and on a free port
+        seen.update(kw)
+        real_launch(self, **{**kw, "prevent_thread_lock": True, "server_port": free_port()})
+        seen["url"] = self.local_url
+        self.close()
+
+    monkeypatch.setattr(gr.Blocks, "launch", spy)
+    assert demo_gradio.main(["--model", str(tiny_model_dir), "--device", "cpu", "--max-upload-mb", "1.5"]) == 0
+    assert seen["server_name"] == "127.0.0.1" and seen["share"] is False
+    assert seen["max_file_size"] == int(1.5 * 2**20) and seen["url"].startswith("http://127.0.0.1:")
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
 
 
