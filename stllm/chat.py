@@ -35,7 +35,7 @@ from stllm.data.sampling import FrameSampling
 from stllm.data.transforms import EvalTransform
 from stllm.data.video import read_clip
 from stllm.eval.config import GenerationConfig, PromptConfig
-from stllm.eval.generate import generation_kwargs
+from stllm.eval.generate import generate_raw
 from stllm.eval.prompts import build_prompt, postprocess, strip_leading_special
 from stllm.models.modeling import StllmForConditionalGeneration
 
@@ -202,23 +202,11 @@ class ChatEngine:
     @torch.no_grad()
     def generate(self, prompt: str, video_embeds: torch.Tensor, num_frames: int, generation: GenerationConfig,
                  streamer: TokenStreamer | None = None) -> str:
-        """Prompt with one <ImageHere> + cached video tokens -> answer text (SPEC 7.0 stop, strip and cut).
-
-        The same calls as `stllm.eval.generate.generate_raw` + `answer` (prompt ids, stop sequences, Q7 budget,
-        generation kwargs, leading-id strip, text cut), except that the video tokens are passed precomputed and a
-        streamer may be attached: generate_raw accepts neither yet.
-        """
-        device = video_embeds.device
-        ids = torch.tensor([self.processor.build_prompt_ids(prompt, num_frames)], device=device)
-        truncate = generation.keep_left_truncation and generation.max_length > 0
-        kwargs = generation_kwargs(generation)
-        if streamer is not None:
-            kwargs["streamer"] = streamer
+        """Prompt with one <ImageHere> + cached video tokens -> answer text, through evaluation's decoding path."""
         with self.lock:
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), video_embeds=video_embeds,
-                                      stop_token_sequences=self.processor.stop_token_sequences,
-                                      max_context_length=generation.max_length if truncate else None, **kwargs)
-        return postprocess(self.processor.decode(strip_leading_special(out[0].tolist())))
+            raw = generate_raw(self.model, self.processor, None, [prompt], None, generation,
+                               video_embeds=video_embeds, num_frames=num_frames, streamer=streamer)
+        return postprocess(raw[0])
 
 
 def quiet_libraries() -> None:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("stllm.data.check", "check a data setup before training: data check CONFIG"),
     "bench": ("stllm.bench", "benchmarks that print figures: bench {data,convert,train,...}"),
     "quickstart": ("stllm.quickstart", "miniature reproduction of the paper's claim on CPU"),
+    "tiny-model": ("stllm.tiny", "write a tiny random model + tokenizers (CPU demos): tiny-model --out DIR"),
 }
 
 

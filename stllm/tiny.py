@@ -102,3 +102,18 @@ def _settings_probe(overrides: dict):
     from stllm.data.processor import ProcessorSettings
 
     return ProcessorSettings(qformer_text_input=overrides.get("qformer_text_input", True))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stllm tiny-model --out DIR`: a tiny random model + tokenizers, for trying the demos on a CPU."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m stllm tiny-model", description=main.__doc__)
+    parser.add_argument("--out", required=True, help="model directory to write")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--video-input", choices=["all", "mean", "residual"], default="all")
+    parser.add_argument("--btadapter", action="store_true", help="add the BT-Adapter branch")
+    args = parser.parse_args(argv)
+    out = build_tiny_model_dir(args.out, seed=args.seed, video_input=args.video_input, btadapter=args.btadapter)
+    print(f"tiny model (random weights) written to {out}")
+    return 0

@@ -48,42 +48,60 @@ def _strip_padding(ids: list[int], pad_id: Optional[int]) -> list[int]:
 def generate_raw(
     model: Any,
     processor: Any,
-    pixel_values: torch.Tensor,
+    pixel_values: Optional[torch.Tensor],
     prompts: Sequence[str],
-    qformer_texts: Sequence[str],
+    qformer_texts: Optional[Sequence[str]],
     generation: GenerationConfig,
     video_input_override: Optional[str] = None,
+    *,
+    video_embeds: Optional[torch.Tensor] = None,
+    num_frames: Optional[int] = None,
+    streamer: Any = None,
 ) -> list[str]:
     """pixel_values float (B, T, 3, S, S), B prompts (one "<ImageHere>" each), B Q-Former texts -> B decoded texts.
 
-    Returns the decoded new tokens after dropping a leading id 0 then 1 (SPEC 7.0), before the text cut; pass each
-    through `stllm.eval.prompts.postprocess` for the answer. Rows of a batch are left-padded.
+    The chat demo passes `video_embeds` (B, L, D) already encoded (with `num_frames`, and no pixels or Q-Former
+    texts) and a transformers streamer. Returns the decoded new tokens after dropping a leading id 0 then 1
+    (SPEC 7.0), before the text cut; pass each through `stllm.eval.prompts.postprocess` for the answer. Rows of a
+    batch are left-padded.
     """
-    if pixel_values.ndim != 5 or pixel_values.shape[0] != len(prompts) or len(prompts) != len(qformer_texts):
-        raise ValueError(f"pixel_values {tuple(pixel_values.shape)} must be (B, T, 3, S, S) with B == "
-                         f"len(prompts) == len(qformer_texts) ({len(prompts)}, {len(qformer_texts)})")
-    num_frames = pixel_values.shape[1]
+    if video_embeds is not None:
+        if num_frames is None or video_embeds.shape[0] != len(prompts):
+            raise ValueError("video_embeds needs num_frames and one row per prompt")
+    elif (pixel_values is None or qformer_texts is None or pixel_values.ndim != 5
+          or pixel_values.shape[0] != len(prompts) or len(prompts) != len(qformer_texts)):
+        raise ValueError(f"pixel_values {None if pixel_values is None else tuple(pixel_values.shape)} must be "
+                         f"(B, T, 3, S, S) with B == len(prompts) == len(qformer_texts)")
+    else:
+        num_frames = pixel_values.shape[1]
     ids = [_prompt_ids(processor, p, num_frames, video_input_override) for p in prompts]
     batch = processor.pad_left(ids)
-    qformer = processor.qformer_inputs(list(qformer_texts))
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
 
     def to_dev(x: Any) -> Any:
         return torch.as_tensor(x).to(device)
 
+    if video_embeds is not None:
+        video: dict[str, Any] = {"video_embeds": video_embeds.to(device)}
+    else:
+        qformer = processor.qformer_inputs(list(qformer_texts))
+        video = {"pixel_values": pixel_values.to(device=device, dtype=dtype if dtype.is_floating_point else torch.float32),
+                 "qformer_input_ids": to_dev(qformer["qformer_input_ids"]),
+                 "qformer_attention_mask": to_dev(qformer["qformer_attention_mask"]),
+                 "video_input_override": video_input_override}
+    kwargs = generation_kwargs(generation)
+    if streamer is not None:
+        kwargs["streamer"] = streamer
     # SPEC Q7: the model cuts the embedded prompt from the left to max_length - max_new_tokens positions
     truncate = generation.keep_left_truncation and generation.max_length > 0
     out = model.generate(
         input_ids=to_dev(batch["input_ids"]),
         attention_mask=to_dev(batch["attention_mask"]),
-        pixel_values=pixel_values.to(device=device, dtype=dtype if dtype.is_floating_point else torch.float32),
-        qformer_input_ids=to_dev(qformer["qformer_input_ids"]),
-        qformer_attention_mask=to_dev(qformer["qformer_attention_mask"]),
         stop_token_sequences=processor.stop_token_sequences,
         max_context_length=generation.max_length if truncate else None,
-        video_input_override=video_input_override,
-        **generation_kwargs(generation),
+        **video,
+        **kwargs,
     )
     pad_id = getattr(getattr(model.config, "text_config", model.config), "pad_token_id", None)
     texts = []
