@@ -4,10 +4,13 @@ DESIGN decision 4: the `train:` section mirrors the `transformers.TrainingArgume
 (SPEC 5.3, 9.3: the original passed its `run:` block straight to TrainingArguments); `training_arguments()`
 builds the real object from it. `data:` is the data pipeline's DataConfig (catalog resolved here, relative to
 the recipe file). Everything is checked before any model is built.
+
+No `from __future__ import annotations` here: stllm.config reads the dataclass field types to name the valid
+keys of a section in its error messages, which needs real classes, not strings.
 """
-from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +165,11 @@ def validate(cfg: TrainConfig, *, check_files: bool = True) -> None:
         return
     if t.deepspeed and not Path(t.deepspeed).is_file():
         raise ConfigError(f"train.deepspeed={t.deepspeed!r}: file not found")
+    if t.deepspeed and cfg.lora.r > 0:
+        stage = json.loads(Path(t.deepspeed).read_text()).get("zero_optimization", {}).get("stage", 0)
+        if stage == 3:
+            raise ConfigError("lora.r > 0 with ZeRO-3 is not supported (the final LoRA merge needs whole weights); "
+                              "use configs/deepspeed/zero2.json")
     missing = [f"{s.name}: {annotation_path(cfg.data, s)}" for s in cfg.data.datasets
                if not os.path.isfile(annotation_path(cfg.data, s))]
     if missing:

@@ -118,9 +118,13 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
     if cfg.lora.r > 0:
-        # Our save layout has no adapters: merge LoRA into the LLM weights, then save the plain model.
-        trainer.model = trainer.model.merge_and_unload()
-    trainer.save_model(str(out))  # gathers ZeRO-3 shards (stage3_gather_16bit_weights_on_model_save)
+        # Our save layout has no adapters: merge LoRA into the LLM weights and save the plain model. Weights are
+        # whole in every process here (DDP / ZeRO-2; ZeRO-3 with LoRA is refused by the config check).
+        merged = trainer.model.merge_and_unload()
+        if trainer.is_world_process_zero():
+            merged.save_pretrained(out)
+    else:
+        trainer.save_model(str(out))  # gathers ZeRO-3 shards (stage3_gather_16bit_weights_on_model_save)
     if trainer.is_world_process_zero():
         extras.save_into(out)
     return str(out)

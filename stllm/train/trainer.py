@@ -96,6 +96,7 @@ class StllmTrainer(Trainer):
             raise ValueError(f"no full batch of {self.args.per_device_train_batch_size} per rank in datasets of "
                              f"sizes {sizes} (world size {self.args.world_size}); lower the batch size")
         self.batch_sampler = sampler
+        self._window_start = time.perf_counter()  # throughput windows start with training, not with setup
         workers = self.args.dataloader_num_workers
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=workers,
                           pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The deepspeed launcher, as the original (SPEC 5.1): scripts/train/train_deepspeed.sh CONFIG [key=value ...]
+# GPUS (default: all local), MASTER_PORT (default 20000, the original's) from the environment.
+set -euo pipefail
+CONFIG="$1"; shift
+GPUS="${GPUS:-$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')}"
+exec deepspeed --num_gpus "$GPUS" --master_port "${MASTER_PORT:-20000}" --no_local_rank --module stllm train "$CONFIG" "$@"
