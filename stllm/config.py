@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -21,13 +22,19 @@ class ConfigError(ValueError):
     """A config file or override that does not fit its schema."""
 
 
+def _field_types(cls: type) -> dict[str, Any]:
+    """Dataclass field name -> resolved type (works with `from __future__ import annotations` string types)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)}
+
+
 def _valid_keys(schema: type, dotted: str) -> list[str]:
     cls: Any = schema
     for part in [p for p in dotted.split(".")[:-1] if p]:
-        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
-        if part not in fields or not dataclasses.is_dataclass(fields[part].type):
+        types = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+        if part not in types or not dataclasses.is_dataclass(types[part]):
             return []
-        cls = fields[part].type
+        cls = types[part]
     return [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
 
 

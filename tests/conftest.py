@@ -17,3 +17,15 @@ def tiny_model_dir(tmp_path_factory):
     from stllm.tiny import build_tiny_model_dir
 
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), seed=0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests are skipped, saying why, on machines without CUDA."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker: gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

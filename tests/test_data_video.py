@@ -178,3 +178,16 @@ def test_pyav_fallback_when_decord_missing(media, monkeypatch, caplog):
     with pytest.raises(MediaError, match="decord is not installed"):
         read_clip(media["mp4"], FrameSampling(num_frames=3), backend="decord")
     logging.getLogger(__name__).debug("fallback ok")
+
+
+def test_auto_backend_falls_back_to_pyav_where_decord_fails(tmp_path):
+    """decord 0.6 cannot copy out 48x48 H.264 frames ("size must exactly match"); auto mode reads them with PyAV."""
+    import numpy as np
+
+    from stllm.synthetic import write_mp4
+
+    path = tmp_path / "small.mp4"
+    frames = np.random.default_rng(0).integers(0, 255, (8, 48, 48, 3), dtype=np.uint8)
+    write_mp4(frames, path)
+    clip = read_clip(path, FrameSampling(num_frames=4, mode="middle"))
+    assert clip.frames.shape == (4, 48, 48, 3) and clip.indices == [0, 2, 4, 6]

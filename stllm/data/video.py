@@ -76,7 +76,8 @@ def read_clip(
         raise ValueError(f"unknown video backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if not os.path.exists(path):
         raise MediaError(path, "file not found")
-    if backend == "auto":
+    auto = backend == "auto"
+    if auto:
         backend = detect_backend(path)
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise MediaError(path, "empty file (0 bytes)")
@@ -85,7 +86,14 @@ def read_clip(
     if backend == "frames":
         clip = _read_frames(path, sampling, rng, folder_fps, max_source_frames)
     elif backend == "decord":
-        clip = _read_decord(path, sampling, rng, num_threads)
+        try:
+            clip = _read_decord(path, sampling, rng, num_threads)
+        except MediaError as err:
+            if not auto:
+                raise
+            # decord fails on some valid files (e.g. H.264 at 48x48: "size must exactly match"); PyAV decides
+            logger.debug("decord failed on %s (%s); trying PyAV", path, err.problem)
+            clip = _read_pyav(path, sampling, rng, num_threads)
     elif backend == "pyav":
         clip = _read_pyav(path, sampling, rng, num_threads)
     elif backend == "gif":

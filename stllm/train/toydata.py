@@ -13,37 +13,10 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
+from stllm.synthetic import draw_direction, write_mp4
 
 ANNOTATION = "anno/toy.json"
-COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
-
-
-def draw_clip(direction: str, colour: tuple[int, int, int], frames: int = 12, size: int = 64) -> np.ndarray:
-    """A square crossing the frame left->right or right->left -> uint8 (T, size, size, 3)."""
-    clip = np.full((frames, size, size, 3), 30, np.uint8)
-    side = size // 4
-    for t in range(frames):
-        x = int((size - side) * t / (frames - 1))
-        x = x if direction == "right" else size - side - x
-        clip[t, size // 2 - side // 2: size // 2 + side // 2, x: x + side] = colour
-    return clip
-
-
-def write_mp4(path: Path, clip: np.ndarray, fps: int = 8) -> None:
-    """uint8 (T, H, W, 3) -> an H.264 mp4 via PyAV."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = clip.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        for frame in clip:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def write_drawn_dataset(root: str | Path, num: int = 16, seed: int = 0) -> Path:
@@ -53,12 +26,11 @@ def write_drawn_dataset(root: str | Path, num: int = 16, seed: int = 0) -> Path:
     rng = random.Random(seed)
     items = []
     for i in range(num):
-        direction = "left" if i % 2 else "right"
-        name = rng.choice(sorted(COLOURS))
+        clip = draw_direction(rng, 12, 64)  # the quickstart's drawer: a square moving left or right
         rel = f"videos/{i:03d}.mp4"
-        write_mp4(root / rel, draw_clip(direction, COLOURS[name]))
+        write_mp4(clip.frames, root / rel)
         items.append({"video": rel, "QA": [
-            {"i": "", "q": "Which way does the square move?", "a": f"The {name} square moves {direction}."}]})
+            {"i": "", "q": "Which way does the square move?", "a": f"The square moves {clip.answer}."}]})
     return _write_annotation(root, items)
 
 
