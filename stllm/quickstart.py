@@ -1,4 +1,4 @@
-"""`python -m stllm quickstart`: seed -> synthetic temporal video QA -> 3 tiny models trained -> MVBench-scored table.
+"""`python -m stllm quickstart`: seed -> synthetic time-order video QA -> 3 tiny models trained -> MVBench-scored.
 
 A miniature of the paper's central claim (ST-LLM Sec. 3-4): feeding every frame's tokens to the LLM (`all`)
 answers questions that depend on time order, while pooling the frames (`mean`) cannot, and dynamic masking
@@ -8,12 +8,20 @@ training entry point (`stllm train`) and the real evaluation harness (`stllm eva
 The paper freezes *pretrained* vision towers; a tiny model trained from scratch has none, so here the tiny
 EVA and Q-Former are trained too (with a vision init range of 0.05 instead of transformers' 1e-10), and the
 miniature says nothing about the paper's benchmark numbers.
+
+Two scores are reported. MVBench's protocol asks for the option letter ("Best option:(" -> "A"). Binding an
+answer to a shuffled option letter is a skill of its own for an LLM trained from scratch: measured while
+designing this, a 2-layer LLM learns it in ~300 steps when the answer is a text token of the prompt, but not
+within 1500 steps (several sizes, tied or untied embeddings) when the answer must come from the video. So the
+letter score stays near chance for every variant, and the table says so. The second score reads the option
+*text* the model writes after the letter: that is where the effect of the video input shows.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -41,7 +49,7 @@ class Budget:
     batch_size: int
 
 
-FULL = Budget(train_per_task=250, eval_per_task=50, steps=400, batch_size=16)
+FULL = Budget(train_per_task=250, eval_per_task=50, steps=800, batch_size=16)
 FAST = Budget(train_per_task=8, eval_per_task=3, steps=4, batch_size=4)
 
 
@@ -88,6 +96,23 @@ def _task_accuracies(results_path: Path) -> dict[str, float]:
     return {task: float(v["strict_acc"]) for task, v in tasks.items()}
 
 
+def answer_accuracies(predictions: Path) -> dict[str, float]:
+    """Per task, % of answers whose option text (what follows "X) " in the generation) is the right option.
+
+    A diagnostic beside the protocol metric: it tells whether the model knows the answer even when it does not
+    bind it to the option letter (see the module docstring).
+    """
+    right: dict[str, list[int]] = {}
+    for line in predictions.read_text().splitlines():
+        row = json.loads(line)
+        if "raw" not in row:
+            continue
+        truth = row["answer"].split(") ", 1)[-1].strip()
+        written = row["raw"].split(")", 1)[-1].split("\n")[0].strip()
+        right.setdefault(row["task"], []).append(int(written == truth))
+    return {task: 100.0 * sum(v) / len(v) for task, v in right.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stllm quickstart", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/quickstart", help="everything goes under this folder")
@@ -113,12 +138,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[quickstart] drawing the synthetic dataset (seed {args.seed}) under {out / 'data'}")
     build_dataset(out / "data", seed=args.seed, train_per_task=budget.train_per_task,
                   eval_per_task=budget.eval_per_task, frames=2 * FRAMES, size=64)
-    base = build_tiny_model_dir(out / "base_model", seed=args.seed, extra_text=corpus_words(),
+    base = build_tiny_model_dir(out / "base_model", seed=args.seed, extra_text=corpus_words(), vocab_size=600,
                                 vision={"image_size": IMAGE_SIZE, "initializer_range": 0.05},
                                 num_frames=FRAMES, freeze_vision=False, freeze_qformer=False)
     timings["data"] = time.perf_counter() - t0
 
     accuracies: dict[str, dict[str, float]] = {}
+    answers: dict[str, dict[str, float]] = {}
     for name, overrides in VARIANTS.items():
         slug = name.replace("+", "_")
         t = time.perf_counter()
@@ -134,55 +160,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_run.main([str(ecfg), "--model", str(out / "models" / slug)])
         eval_score.main([str(out / "eval" / slug / "predictions.jsonl")])
         accuracies[name] = _task_accuracies(out / "eval" / slug / "results.json")
+        answers[name] = answer_accuracies(out / "eval" / slug / "predictions.jsonl")
         timings[f"eval {name}"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    report(out, accuracies, timings, args, budget)
+    report(out, accuracies, answers, timings, args, budget)
     return 0
 
 
-def report(out: Path, accuracies: dict[str, dict[str, float]], timings: dict[str, float], args, budget) -> None:
-    """Print the table, write results.json and a grouped bar chart."""
+def _table(title: str, scores: dict[str, dict[str, float]], timings: dict[str, float] | None) -> str:
     from stllm.synthetic import TASKS
 
     tasks = list(TASKS)
-    header = "| variant | " + " | ".join(f"{t}{' (static)' if not TASKS[t][1] else ''}" for t in tasks) + \
-             " | temporal mean | train s | eval s |"
-    lines = [header, "|" + "---|" * (len(tasks) + 4)]
-    for name, acc in accuracies.items():
+    cols = [f"{t}{' (static)' if not TASKS[t][1] else ''}" for t in tasks] + ["temporal mean"]
+    cols += ["train s", "eval s"] if timings else []
+    lines = [f"{title}", "| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, acc in scores.items():
         temporal = [acc.get(t, 0.0) for t in tasks if TASKS[t][1]]
-        lines.append(f"| {name} | " + " | ".join(f"{acc.get(t, 0.0):.1f}" for t in tasks) +
-                     f" | {sum(temporal) / len(temporal):.1f} | {timings[f'train {name}']:.0f} | "
-                     f"{timings[f'eval {name}']:.0f} |")
-    table = "\n".join(lines)
+        row = [f"{acc.get(t, 0.0):.0f}" for t in tasks] + [f"{sum(temporal) / len(temporal):.0f}"]
+        row += [f"{timings[f'train {name}']:.0f}", f"{timings[f'eval {name}']:.0f}"] if timings else []
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def report(out: Path, accuracies: dict[str, dict[str, float]], answers: dict[str, dict[str, float]],
+           timings: dict[str, float], args, budget) -> None:
+    """Print both tables, write results.json and a chart."""
+    from stllm.synthetic import TASKS
+
     chart = out / "quickstart_accuracy.png"
-    _chart(chart, accuracies, tasks)
-    payload = {"accuracy_percent": accuracies, "timings_s": timings, "seed": args.seed, "fast": args.fast,
-               "steps": budget.steps, "train_per_task": budget.train_per_task, "eval_per_task": budget.eval_per_task,
-               "frames": FRAMES, "image_size": IMAGE_SIZE, "chance_percent": {t: 100 / len(TASKS[t][0](
-                   __import__("random").Random(0), 2, 16).candidates) for t in tasks},
-               "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores, {platform.python_version()}"}
+    _chart(chart, accuracies, answers, list(TASKS))
+    payload = {"mvbench_strict_accuracy_percent": accuracies, "answer_accuracy_percent": answers,
+               "timings_s": timings, "seed": args.seed, "fast": args.fast, "steps": budget.steps,
+               "train_per_task": budget.train_per_task, "eval_per_task": budget.eval_per_task, "frames": FRAMES,
+               "image_size": IMAGE_SIZE, "chance_percent": 50.0,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"}
     (out / "results.json").write_text(json.dumps(payload, indent=2))
-    print("\n" + table)
-    print("\naccuracy in %, strict option matching (MVBench's loose rule is in each eval/*/results.json)")
-    print(f"chance: {', '.join(f'{t} {v:.0f}%' for t, v in payload['chance_percent'].items())}")
+    print()
+    print(_table("MVBench scoring (strict: the option letter), % correct", accuracies, timings))
+    print()
+    print(_table("Answer accuracy (the option text the model writes after the letter), % correct", answers, None))
+    print("\nevery question has two options in random order: chance is 50%")
     print(f"total time {timings['total']:.0f} s; chart: {chart}; results: {out / 'results.json'}")
 
 
-def _chart(path: Path, accuracies: dict[str, dict[str, float]], tasks: list[str]) -> None:
+def _chart(path: Path, accuracies: dict[str, dict[str, float]], answers: dict[str, dict[str, float]],
+           tasks: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    width = 0.8 / max(1, len(accuracies))
-    for i, (name, acc) in enumerate(accuracies.items()):
-        ax.bar([k + i * width for k in range(len(tasks))], [acc.get(t, 0.0) for t in tasks], width, label=name)
-    ax.set_xticks([k + width * (len(accuracies) - 1) / 2 for k in range(len(tasks))], tasks)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("ST-LLM quickstart: synthetic temporal video QA")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, (title, scores) in zip(axes, (("MVBench scoring (letter)", accuracies),
+                                          ("answer accuracy (option text)", answers))):
+        width = 0.8 / max(1, len(scores))
+        for i, (name, acc) in enumerate(scores.items()):
+            ax.bar([k + i * width for k in range(len(tasks))], [acc.get(t, 0.0) for t in tasks], width, label=name)
+        ax.axhline(50, color="grey", lw=0.8, ls="--")
+        ax.set_xticks([k + width * (len(scores) - 1) / 2 for k in range(len(tasks))], tasks)
+        ax.set_ylim(0, 100)
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("% correct (chance 50)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("ST-LLM quickstart: synthetic time-order video QA", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -67,7 +67,7 @@ def draw_order(rng: random.Random, t: int, size: int) -> Clip:
     for i in range(t):
         name, (x, y) = (first, spots[0]) if i < t // 2 else (second, spots[1])
         _square(frames[i], x, y, half, COLOURS[name])
-    return Clip(frames, "Which square appears first?", ["the red square", "the blue square"], f"the {first} square")
+    return Clip(frames, "Which square appears first?", ["red", "blue"], first)
 
 
 def draw_enter_leave(rng: random.Random, t: int, size: int) -> Clip:
@@ -88,14 +88,14 @@ def draw_enter_leave(rng: random.Random, t: int, size: int) -> Clip:
 
 
 def draw_colour(rng: random.Random, t: int, size: int) -> Clip:
-    """Static control: the colour of a still square (pooling over frames loses nothing here)."""
+    """Static control: the colour of a still square (pooling over frames loses nothing here); two options."""
     half = size // 6
-    name = rng.choice(list(COLOURS))
+    name, other = rng.sample(list(COLOURS), 2)
     x, y = rng.uniform(half, size - half), rng.uniform(half, size - half)
     frames = _canvas(t, size)
     for i in range(t):
         _square(frames[i], x, y, half, COLOURS[name])
-    return Clip(frames, "What colour is the square?", list(COLOURS), name)
+    return Clip(frames, "What colour is the square?", [name, other], name)
 
 
 TASKS: dict[str, tuple[Callable[[random.Random, int, int], Clip], bool]] = {

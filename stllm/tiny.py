@@ -63,18 +63,19 @@ def write_bert_vocab(directory: str | Path, extra_text: Iterable[str] = ()) -> P
 
 
 def build_tiny_model_dir(directory: str | Path, seed: int = 0, extra_text: Iterable[str] = (),
-                         vision: dict | None = None, **config_overrides) -> Path:
+                         vision: dict | None = None, text: dict | None = None, vocab_size: int = 320,
+                         **config_overrides) -> Path:
     """Train tokenizers, build the `tiny` preset sized to them, save model + processor -> directory.
 
-    `vision` overrides vision_config fields (e.g. image_size, initializer_range); other keyword arguments are
-    top-level StllmConfig fields.
+    `vision` / `text` override vision_config / text_config fields (e.g. image_size, hidden_size); `vocab_size` is
+    the sentencepiece vocabulary's; other keyword arguments are top-level StllmConfig fields.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     extra_text = list(extra_text)
     assets = directory / "_assets"
     assets.mkdir(exist_ok=True)
-    sp_file = train_llama_tokenizer(assets / "tokenizer.model", extra_text)
+    sp_file = train_llama_tokenizer(assets / "tokenizer.model", extra_text, vocab_size)
     bert_dir = write_bert_vocab(assets / "bert", extra_text)
     probe = StllmProcessor.from_files(sp_file, bert_dir, _settings_probe(config_overrides))
     cfg = preset_config("tiny")
@@ -82,10 +83,11 @@ def build_tiny_model_dir(directory: str | Path, seed: int = 0, extra_text: Itera
     cfg.text_config.pad_token_id = probe.tokenizer.pad_token_id
     cfg.video_token_id = len(probe.tokenizer)
     cfg.qformer_config.vocab_size = len(probe.qformer_tokenizer)
-    for key, value in (vision or {}).items():
-        if not hasattr(cfg.vision_config, key):
-            raise ValueError(f"unknown vision_config field {key!r}")
-        setattr(cfg.vision_config, key, value)
+    for sub, values in ((cfg.vision_config, vision), (cfg.text_config, text)):
+        for key, value in (values or {}).items():
+            if not hasattr(sub, key):
+                raise ValueError(f"unknown {type(sub).__name__} field {key!r}")
+            setattr(sub, key, value)
     for key, value in config_overrides.items():
         if not hasattr(cfg, key):
             raise ValueError(f"unknown StllmConfig field {key!r}")
