@@ -65,7 +65,8 @@ def test_lavis_start_matches_the_original_build(tmp_path: Path, name: str) -> No
     out = tmp_path / "out"
     assert convert_main(["--from-lavis", "--eva", str(tmp_path / "eva_vit_g.pth"), "--qformer", str(tmp_path / "ib.pth"),
                          "--llm", str(tmp_path / "vicuna"), "--recipe", name, "--config", str(cfg),
-                         "--out", str(out)]) == 0
+                         "--out", str(out), "--llm-tokenizer", str(REF / "tokenizers" / "llama_tiny" / "tokenizer.model"),
+                         "--qformer-vocab", str(REF / "tokenizers" / "bert_tiny" / "vocab.txt")]) == 0
     ours = _load(out).state_dict()
     built = load_file(REF / f"loading_{name}_stllm_model_after_build.safetensors")
     expect = convert_original_state_dict({"model.stllm_model." + k: v for k, v in built.items()}).state_dict
