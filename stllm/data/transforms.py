@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,6 +125,17 @@ def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for per-frame Pillow resizes (same bytes as a loop; Pillow resamples without holding the GIL)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="stllm-resize")
+    return _POOL
+
+
 class EvalTransform:
     """SPEC 7.1: (T,H,W,3) uint8 -> (T,3,S,S) float32: shorter side to S (bicubic), centre crop, CLIP normalise.
 
@@ -151,7 +165,9 @@ class EvalTransform:
             x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
             resized = x.permute(0, 2, 3, 1).numpy()  # (T, h, w, 3)
         else:
-            resized = np.stack([np.asarray(Image.fromarray(f).resize((new_w, new_h), Image.BICUBIC)) for f in arr])
+            size = (new_w, new_h)
+            resized = np.stack(list(_pool().map(lambda f: np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)),
+                                                arr)))  # Pillow releases the GIL while resampling
         return resized[:, top : top + self.size, left : left + self.size]  # (T, S, S, 3)
 
     def __call__(self, frames: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
