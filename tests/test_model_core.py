@@ -264,7 +264,7 @@ def test_gradient_checkpointing_gives_the_same_loss():
     plain.loss.backward()
     g1 = model.language_projection.weight.grad.clone()
     model.zero_grad()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model.train()
     model.qformer.eval()
     model.btadapter.eval()
