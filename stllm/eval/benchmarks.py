@@ -227,7 +227,7 @@ READERS: dict[str, Callable[[EvalConfig], list[EvalItem]]] = {
 def load_items(cfg: EvalConfig) -> list[EvalItem]:
     """Read the benchmark named by cfg.layout; ids made unique ("#k" suffix on repeats), order = file order."""
     if not cfg.data_root:
-        raise BenchmarkDataError("data_root is not set (pass data_root=/path/to/benchmark)")
+        raise BenchmarkDataError("data_root is not set (pass data_root=DIR on the command line)")
     items = READERS[cfg.layout](cfg)
     seen: dict[str, int] = {}
     for pos, item in enumerate(items):

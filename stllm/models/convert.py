@@ -43,7 +43,7 @@ VIT_FP16 = re.compile(r"(vision_model\.embeddings\.patch_embedding|(vision_model
 # New modules that no starting checkpoint holds: they start from the model's own init (SPEC 1.3, 1.7, 1.8).
 INIT_ALLOWED = re.compile(r"btadapter\.(cls_token|position_embedding\.weight|temporal\..+)|mvm_decoder\..+|"
                           r"global_adapter\..+")
-# BLIP-2 stage-1 checkpoint (MiniGPT-4 recipes): heads the original silently ignored (strict=False, SPEC 6.2).
+# BLIP-2 stage-1 checkpoint (MiniGPT-4 recipes): heads the original silently ignored with its non-strict load (SPEC 6.2).
 BLIP2_SKIPS = [(r"(Qformer\.cls|vision_proj|text_proj|itm_head|t5_proj|t5_model|opt_proj|opt_model)\..+|temp",
                 "BLIP-2 pre-training head, not part of ST-LLM (the original ignored it, SPEC 6.2)")]
 HF_SKIPS = [(r"qformer\.embeddings\.position_ids|.*rotary_emb\.inv_freq", "buffer rebuilt from the config")]
