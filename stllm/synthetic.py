@@ -42,6 +42,14 @@ def _path(t: int, start: float, end: float) -> np.ndarray:
     return np.linspace(start, end, t)
 
 
+def _moving_square(xs: np.ndarray, y: float, half: int, colour: tuple[int, int, int], size: int) -> np.ndarray:
+    """One square per frame at x = xs[i] -> uint8 (T, size, size, 3)."""
+    frames = _canvas(len(xs), size)
+    for i, x in enumerate(xs):
+        _square(frames[i], x, y, half, colour)
+    return frames
+
+
 def draw_direction(rng: random.Random, t: int, size: int) -> Clip:
     """A square moves left or right across the frame (temporal: the two classes are time reversals)."""
     half = size // 8
@@ -50,10 +58,7 @@ def draw_direction(rng: random.Random, t: int, size: int) -> Clip:
     y = rng.uniform(half, size - half)
     right = rng.random() < 0.5
     xs = _path(t, a, b) if right else _path(t, b, a)
-    frames = _canvas(t, size)
-    for i in range(t):
-        _square(frames[i], xs[i], y, half, colour)
-    return Clip(frames, "Which direction does the square move?", ["left", "right"], "right" if right else "left")
+    return Clip(_moving_square(xs, y, half, colour, size), "Which direction does the square move?", ["left", "right"], "right" if right else "left")
 
 
 def draw_order(rng: random.Random, t: int, size: int) -> Clip:
@@ -80,10 +85,7 @@ def draw_enter_leave(rng: random.Random, t: int, size: int) -> Clip:
     y = rng.uniform(half, size - half)
     enters = rng.random() < 0.5
     xs = _path(t, outside, centre) if enters else _path(t, centre, outside)
-    frames = _canvas(t, size)
-    for i in range(t):
-        _square(frames[i], xs[i], y, half, colour)
-    return Clip(frames, "Does the square enter or leave the frame?", ["enters", "leaves"],
+    return Clip(_moving_square(xs, y, half, colour, size), "Does the square enter or leave the frame?", ["enters", "leaves"],
                 "enters" if enters else "leaves")
 
 

@@ -266,6 +266,20 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         embeds = self.get_input_embeddings()(input_ids.masked_fill(video_pos, 0))  # (B, N, D)
         return embeds.masked_scatter(video_pos.unsqueeze(-1), video_embeds.to(embeds.dtype))
 
+    def _video_tokens(self, caller: str, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None,
+                      qformer_input_ids: torch.LongTensor | None, qformer_attention_mask: torch.LongTensor | None,
+                      video_embeds: torch.Tensor | None, video_input: str | None = None) -> torch.Tensor:
+        """Precomputed video tokens (B, L, D), or computed from checked pixel_values (B, T, 3, S, S)."""
+        if video_embeds is not None:
+            return video_embeds
+        if pixel_values is None:
+            raise ValueError(f"{caller} needs pixel_values (B, T, 3, S, S) or precomputed video_embeds (B, L, D)")
+        self._check_pixels(pixel_values)
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"batch size mismatch: input_ids has {input_ids.shape[0]} rows, pixel_values "
+                             f"{pixel_values.shape[0]}")
+        return self.get_video_features(pixel_values, qformer_input_ids, qformer_attention_mask, video_input)
+
     def _run_llm(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """-> final hidden states after the LLM's last RMSNorm (B, N, D), no cache (training path)."""
         # get_decoder() also reaches the LlamaModel through a PEFT wrapper
@@ -297,14 +311,8 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         the clip has more than one frame; `dropped_tokens` (B, L) bool fixes which video tokens are dropped
         (same count per row), otherwise a ratio r ~ clip(N(0.5, 0.1), 0.1, 0.7) is drawn for the batch.
         """
-        if video_embeds is None:
-            if pixel_values is None:
-                raise ValueError("forward needs pixel_values (B, T, 3, S, S) or precomputed video_embeds (B, L, D)")
-            self._check_pixels(pixel_values)
-            if pixel_values.shape[0] != input_ids.shape[0]:
-                raise ValueError(f"batch size mismatch: input_ids has {input_ids.shape[0]} rows, pixel_values "
-                                 f"{pixel_values.shape[0]}")
-            video_embeds = self.get_video_features(pixel_values, qformer_input_ids, qformer_attention_mask)
+        video_embeds = self._video_tokens("forward", input_ids, pixel_values, qformer_input_ids,
+                                          qformer_attention_mask, video_embeds)
         is_video = pixel_values is None or pixel_values.shape[1] > 1
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -388,15 +396,8 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         the left to max_context_length - max_new_tokens positions. `video_input_override` aggregates the frames
         with another mode (SPEC Q1: MVBench's legacy always-all-tokens path).
         """
-        if video_embeds is None:
-            if pixel_values is None:
-                raise ValueError("generate needs pixel_values (B, T, 3, S, S) or video_embeds (B, L, D)")
-            self._check_pixels(pixel_values)
-            if pixel_values.shape[0] != input_ids.shape[0]:
-                raise ValueError(f"batch size mismatch: input_ids has {input_ids.shape[0]} rows, pixel_values "
-                                 f"{pixel_values.shape[0]}")
-            video_embeds = self.get_video_features(pixel_values, qformer_input_ids, qformer_attention_mask,
-                                                   video_input=video_input_override)
+        video_embeds = self._video_tokens("generate", input_ids, pixel_values, qformer_input_ids,
+                                          qformer_attention_mask, video_embeds, video_input_override)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         embeds = self.merge_video_tokens(input_ids, video_embeds)
