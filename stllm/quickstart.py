@@ -15,6 +15,7 @@ designing this, a 2-layer LLM learns it in ~300 steps when the answer is a text 
 within 1500 steps (several sizes, tied or untied embeddings) when the answer must come from the video. So the
 letter score stays near chance for every variant, and the table says so. The second score reads the option
 *text* the model writes after the letter: that is where the effect of the video input shows.
+docs/quickstart.md records the recipe search (a text-pretrained 4-layer LLM does bind by letter).
 """
 from __future__ import annotations
 
