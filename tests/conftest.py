@@ -19,6 +19,22 @@ def tiny_model_dir(tmp_path_factory):
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), seed=0)
 
 
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    """A chat engine on the tiny model, one per test module (the demos' tests share it)."""
+    from stllm.chat import ChatEngine
+
+    return ChatEngine.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A drawn 30-frame mp4, one per test module."""
+    from tests.data_media import write_video
+
+    return write_video(tmp_path_factory.mktemp("drawn") / "drawn.mp4", n=30)
+
+
 def pytest_collection_modifyitems(config, items):
     """`gpu` tests are skipped, saying why, on machines without CUDA."""
     import torch

@@ -15,7 +15,6 @@ from stllm.data.video import MediaError
 from stllm.eval.config import PromptConfig
 from stllm.eval.generate import answer as eval_answer
 from stllm.eval.prompts import build_prompt
-from tests.data_media import write_video
 from tests.helpers import VIDEOS, need
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,16 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 def fast(**kw) -> ChatSettings:
     return ChatSettings(**{"num_frames": 4, "num_beams": 1, "max_new_tokens": 12, **kw})
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    return ChatEngine.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("chatvid") / "drawn.mp4", n=30)
 
 
 def test_system_texts_match_the_eval_protocol_yaml():

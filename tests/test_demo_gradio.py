@@ -11,8 +11,7 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 import demo_gradio  # noqa: E402
-from stllm.chat import ChatEngine, ChatSettings  # noqa: E402
-from tests.data_media import write_video  # noqa: E402
+from stllm.chat import ChatSettings  # noqa: E402
 from tests.helpers import VIDEOS, need  # noqa: E402
 
 FRAMES, BEAMS, TEMP, SAMPLE, MAX_NEW = 4, 1, 1.0, False, 12
@@ -22,16 +21,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    return ChatEngine.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def video(tmp_path_factory):
-    return write_video(tmp_path_factory.mktemp("grvid") / "drawn.mp4", n=30)
 
 
 @pytest.fixture(scope="module")
