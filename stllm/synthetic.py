@@ -4,6 +4,10 @@ Temporal tasks are built so that their two answers are time reversals of each ot
 other class played backwards, with the same random geometry. Any model that is blind to frame order (mean
 pooling over frames) therefore sees identically distributed inputs for both answers and cannot beat chance;
 a model that keeps every frame's tokens can. The colour task is static: pooling solves it.
+
+Every clip also comes described in words, one short phrase per frame ("red three": the square's colour and
+its column out of five, "none none" for an empty frame). That is the same scene told as text, used to pretrain
+the quickstart's tiny LLM (stllm/synthetic_text.py), as Vicuna was pretrained on text before ST-LLM saw video.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import numpy as np
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 BACKGROUND = (16, 16, 16)
+COLUMNS = ("one", "two", "three", "four", "five")  # the frame split into five columns, left to right
+EMPTY_FRAME = "none none"
 
 
 @dataclass
@@ -25,6 +31,7 @@ class Clip:
     question: str
     candidates: list[str]
     answer: str
+    words: list[str]  # per frame, "<colour> <column>" of the visible square, or EMPTY_FRAME
 
 
 def _canvas(t: int, size: int) -> np.ndarray:
@@ -36,6 +43,15 @@ def _square(frame: np.ndarray, x: float, y: float, half: int, colour: tuple[int,
     x0, x1 = int(round(x)) - half, int(round(x)) + half
     y0, y1 = int(round(y)) - half, int(round(y)) + half
     frame[max(y0, 0):max(min(y1, size), 0), max(x0, 0):max(min(x1, size), 0)] = colour
+
+
+def _describe(colour: str | None, x: float, half: int, size: int) -> str:
+    """A square's frame in words: its colour and the column of its visible part, or EMPTY_FRAME if off-canvas."""
+    lo, hi = max(x - half, 0.0), min(x + half, float(size))
+    if colour is None or hi <= lo:
+        return EMPTY_FRAME
+    column = min(int((lo + hi) / 2 / size * len(COLUMNS)), len(COLUMNS) - 1)
+    return f"{colour} {COLUMNS[column]}"
 
 
 def _path(t: int, start: float, end: float) -> np.ndarray:
@@ -53,12 +69,13 @@ def _moving_square(xs: np.ndarray, y: float, half: int, colour: tuple[int, int, 
 def draw_direction(rng: random.Random, t: int, size: int) -> Clip:
     """A square moves left or right across the frame (temporal: the two classes are time reversals)."""
     half = size // 8
-    colour = COLOURS[rng.choice(list(COLOURS))]
+    name = rng.choice(list(COLOURS))
     a, b = rng.uniform(half, size * 0.35), rng.uniform(size * 0.65, size - half)
     y = rng.uniform(half, size - half)
     right = rng.random() < 0.5
     xs = _path(t, a, b) if right else _path(t, b, a)
-    return Clip(_moving_square(xs, y, half, colour, size), "Which direction does the square move?", ["left", "right"], "right" if right else "left")
+    return Clip(_moving_square(xs, y, half, COLOURS[name], size), "Which direction does the square move?",
+                ["left", "right"], "right" if right else "left", [_describe(name, x, half, size) for x in xs])
 
 
 def draw_order(rng: random.Random, t: int, size: int) -> Clip:
@@ -68,25 +85,26 @@ def draw_order(rng: random.Random, t: int, size: int) -> Clip:
     first = rng.choice(names)
     second = names[1 - names.index(first)]
     spots = [(rng.uniform(half, size - half), rng.uniform(half, size - half)) for _ in range(2)]
-    frames = _canvas(t, size)
+    frames, words = _canvas(t, size), []
     for i in range(t):
         name, (x, y) = (first, spots[0]) if i < t // 2 else (second, spots[1])
         _square(frames[i], x, y, half, COLOURS[name])
-    return Clip(frames, "Which square appears first?", ["red", "blue"], first)
+        words.append(_describe(name, x, half, size))
+    return Clip(frames, "Which square appears first?", ["red", "blue"], first, words)
 
 
 def draw_enter_leave(rng: random.Random, t: int, size: int) -> Clip:
     """A square slides from outside the frame to its centre (enters) or from the centre out (leaves)."""
     half = size // 8
-    colour = COLOURS[rng.choice(list(COLOURS))]
+    name = rng.choice(list(COLOURS))
     side = rng.choice([-1, 1])
     outside = size / 2 + side * (size / 2 + half + 1)
     centre = size / 2 + rng.uniform(-size / 8, size / 8)
     y = rng.uniform(half, size - half)
     enters = rng.random() < 0.5
     xs = _path(t, outside, centre) if enters else _path(t, centre, outside)
-    return Clip(_moving_square(xs, y, half, colour, size), "Does the square enter or leave the frame?", ["enters", "leaves"],
-                "enters" if enters else "leaves")
+    return Clip(_moving_square(xs, y, half, COLOURS[name], size), "Does the square enter or leave the frame?",
+                ["enters", "leaves"], "enters" if enters else "leaves", [_describe(name, x, half, size) for x in xs])
 
 
 def draw_colour(rng: random.Random, t: int, size: int) -> Clip:
@@ -97,7 +115,7 @@ def draw_colour(rng: random.Random, t: int, size: int) -> Clip:
     frames = _canvas(t, size)
     for i in range(t):
         _square(frames[i], x, y, half, COLOURS[name])
-    return Clip(frames, "What colour is the square?", [name, other], name)
+    return Clip(frames, "What colour is the square?", [name, other], name, [_describe(name, x, half, size)] * t)
 
 
 TASKS: dict[str, tuple[Callable[[random.Random, int, int], Clip], bool]] = {
@@ -168,12 +186,13 @@ def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, ev
 
 
 def corpus_words() -> list[str]:
-    """Every question, option and answer text of the tasks: extra corpus for the tiny tokenizers."""
+    """Every question, option and answer text of the tasks and every frame word: extra corpus for the tiny
+    tokenizers (so each colour and column name is one token)."""
     rng = random.Random(0)
-    lines = []
+    lines = [" ".join(f"{c} {col}" for c in COLOURS for col in COLUMNS) + f" {EMPTY_FRAME}"] * 10
     for draw, _ in TASKS.values():
         clip = draw(rng, 2, 16)
         for _ in range(4):
             text, _, gt = mcq(clip, rng)
             lines.append(f"{text} ###Assistant: Best option:{gt}")
-    return lines
+    return lines * 4

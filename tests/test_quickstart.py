@@ -1,4 +1,5 @@
-"""The quickstart end to end in --fast mode (pipeline only: no accuracy is asserted), and its synthetic data."""
+"""The quickstart end to end in --fast mode (pipeline only: no accuracy is asserted), its synthetic data and the
+language pretraining that stands in for Vicuna's."""
 from __future__ import annotations
 
 import json
@@ -6,8 +7,22 @@ import random
 
 import numpy as np
 
+import pytest
+import torch
+
+from stllm.quickstart import LLM, QUERY_TOKENS
 from stllm.quickstart import main as quickstart_main
-from stllm.synthetic import TASKS, build_dataset
+from stllm.synthetic import COLUMNS, EMPTY_FRAME, TASKS, build_dataset, corpus_words
+
+
+@pytest.fixture(scope="module")
+def quickstart_model(tmp_path_factory):
+    """The quickstart's base model (4-layer LLM, 2 query tokens per frame, tokenizer with the frame words)."""
+    from stllm.tiny import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("qs_base"), seed=0, extra_text=corpus_words(),
+                                vocab_size=600, vision={"image_size": 56}, text=LLM,
+                                num_query_tokens=QUERY_TOKENS, num_frames=8)
 
 
 def test_temporal_classes_are_time_reversals_and_colour_is_static():
@@ -21,6 +36,70 @@ def test_temporal_classes_are_time_reversals_and_colour_is_static():
                                   np.sort(clip.frames[::-1].reshape(16, -1), axis=0))
         else:
             assert all(np.array_equal(f, clip.frames[0]) for f in clip.frames), task
+
+
+def test_frame_words_tell_the_same_story_as_the_pixels():
+    """The words are the clip in text: same time reversal for temporal tasks, constant for the static one."""
+    rng = random.Random(11)
+    for _ in range(20):
+        for task, (draw, temporal) in TASKS.items():
+            clip = draw(rng, 8, 64)
+            assert len(clip.words) == 8, task
+            for phrase in clip.words:
+                colour, column = phrase.split()
+                assert phrase == EMPTY_FRAME or column in COLUMNS, phrase
+            if task == "colour":
+                assert set(clip.words) == {f"{clip.answer} {clip.words[0].split()[1]}"}
+            elif task == "order":
+                assert clip.words[0].startswith(clip.answer) and not clip.words[-1].startswith(clip.answer)
+            elif task == "enter_leave":
+                empty_at = clip.words.index(EMPTY_FRAME) if EMPTY_FRAME in clip.words else None
+                assert empty_at is not None and (clip.words[0] == EMPTY_FRAME) == (clip.answer == "enters")
+            else:  # direction: the column index never decreases when moving right
+                cols = [COLUMNS.index(p.split()[1]) for p in clip.words]
+                moving = cols if clip.answer == "right" else cols[::-1]
+                assert moving == sorted(moving) and moving[0] < moving[-1], (clip.words, clip.answer)
+            assert temporal == (task != "colour")
+
+
+def test_text_example_puts_the_frame_words_where_the_video_goes(quickstart_model):
+    from stllm.data.processor import StllmProcessor
+    from stllm.synthetic_text import text_example
+
+    processor = StllmProcessor.from_pretrained(quickstart_model)
+    sp = processor.tokenizer.sp
+    for word in [*COLUMNS, "none", "red", "green", "blue", "yellow"]:  # one token each, as one query token
+        assert len(processor.tokenizer.encode(word)) == 1, word
+    for seed in range(8):
+        example, task, at = text_example(processor, random.Random(seed), frames=8)
+        ids, labels = example["input_ids"], example["labels"]
+        assert processor.settings.video_token_id not in ids and len(ids) == len(labels)
+        words = processor.decode(ids[:16]).split()  # 8 frames x 2 words, then the prompt as with video tokens
+        video_prompt = processor.build_prompt_ids("<ImageHere>###Human: hi", 1)
+        after_video = video_prompt[video_prompt.index(processor.settings.video_token_id) + QUERY_TOKENS]
+        assert len(words) == 16 and words[1] in COLUMNS + ("none",) and ids[16] == after_video
+        answer = [i for i, label in zip(ids, labels) if label != -100]
+        assert processor.decode(answer).startswith("Best option:(") and labels[at] == ids[at]
+        assert sp.id_to_piece(ids[at]) in ("A", "B") and task in TASKS
+
+
+def test_language_pretraining_changes_only_the_llm(quickstart_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from stllm.synthetic_text import pretrain_language_model
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(quickstart_model, model_dir)
+    before = load_file(model_dir / "model.safetensors")
+    accuracy, steps = pretrain_language_model(model_dir, max_steps=3, seed=0, frames=8, batch_size=4,
+                                              progress=False)
+    after = load_file(model_dir / "model.safetensors")
+    assert steps == 3 and set(accuracy) == set(TASKS) and all(0 <= v <= 100 for v in accuracy.values())
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("language_model.") for k in changed), sorted(changed)[:5]
 
 
 def test_dataset_layouts_are_deterministic(tmp_path):
@@ -40,6 +119,7 @@ def test_fast_quickstart_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "qs"
     assert quickstart_main(["--fast", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
+    assert set(results["language_pretraining_letter_accuracy_percent"]) == set(TASKS)
     for key in ("mvbench_strict_accuracy_percent", "answer_accuracy_percent"):
         assert set(results[key]) == {"all", "all+mask+MVM", "mean"}
         for acc in results[key].values():
@@ -48,5 +128,6 @@ def test_fast_quickstart_runs_end_to_end(tmp_path, capsys):
     for variant in ("all", "all_mask_MVM", "mean"):
         assert (out / "models" / variant / "config.json").is_file()
         assert (out / "eval" / variant / "predictions.jsonl").is_file()
+        assert "$ python -m stllm score" in (out / "logs" / f"{variant}.log").read_text()
     printed = capsys.readouterr().out
     assert printed.count("| variant |") == 2 and "quickstart_accuracy.png" in printed
