@@ -12,11 +12,11 @@ The stages mirror where the paper's model comes from, in miniature:
 2. video training per variant, through `stllm train`. The paper starts from pretrained, frozen vision towers
    and fine-tunes the LLM; a tiny model has no pretrained towers, so here the EVA, Q-Former and projection
    learn (vision init range 0.05 instead of transformers' 1e-10) while the text-pretrained LLM stays frozen,
-   as in InstructBLIP's alignment stage: training it too at the towers' learning rate erases its pretraining
-   (measured, docs/quickstart.md). Every variant starts from the same pretrained model;
+   as in InstructBLIP's alignment stage: training it too at the towers' learning rate loses much of what it
+   learnt (measured, docs/quickstart.md). Every variant starts from the same pretrained model;
 3. evaluation per variant, through `stllm eval` + `stllm score` (MVBench layout and scoring).
-The variants run side by side, one process and one thread each, which on a small CPU is faster than one
-after another with all threads. The miniature says nothing about the paper's benchmark numbers.
+The variants run side by side, one process each, with the cores shared out (`--jobs` sets how many at once):
+a model this small uses extra threads poorly. The miniature says nothing about the paper's benchmark numbers.
 
 Two scores are reported: MVBench's (the option letter the model writes after "Best option:(") and, as a
 diagnostic, whether the option *text* it writes after the letter is the right one.
