@@ -23,6 +23,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), 
 BACKGROUND = (16, 16, 16)
 COLUMNS = ("one", "two", "three", "four", "five")  # the frame split into five columns, left to right
 EMPTY_FRAME = "none none"
+LETTERS = "ABCDEFGH"  # how MVBench labels the options
 
 
 @dataclass
@@ -146,9 +147,8 @@ def mcq(clip: Clip, rng: random.Random) -> tuple[str, list[str], str]:
     """Shuffle the options -> (question text in MVBench's qa_template, candidates, "(X) answer")."""
     options = clip.candidates[:]
     rng.shuffle(options)
-    letters = "ABCDEFGH"
-    text = f"Question: {clip.question}\nOptions:\n" + "\n".join(f"({letters[i]}) {o}" for i, o in enumerate(options))
-    return text, options, f"({letters[options.index(clip.answer)]}) {clip.answer}"
+    text = f"Question: {clip.question}\nOptions:\n" + "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
+    return text, options, f"({LETTERS[options.index(clip.answer)]}) {clip.answer}"
 
 
 def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, eval_per_task: int = 50,

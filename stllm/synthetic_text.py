@@ -19,11 +19,9 @@ import torch
 from tqdm import tqdm
 
 from stllm.data.processor import StllmProcessor
-from stllm.synthetic import TASKS, mcq
+from stllm.synthetic import LETTERS, TASKS, mcq
 
 logger = logging.getLogger(__name__)
-
-LETTERS = "ABCDEFGH"
 
 
 def text_example(processor: StllmProcessor, rng: random.Random, frames: int) -> tuple[dict[str, list[int]], str, int]:
@@ -48,16 +46,6 @@ def text_example(processor: StllmProcessor, rng: random.Random, frames: int) -> 
     return {"input_ids": ids, "labels": labels}, task, letter_at
 
 
-def _batch(features: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(f["input_ids"]) for f in features)
-    pad = [width - len(f["input_ids"]) for f in features]
-    return {
-        "input_ids": torch.tensor([f["input_ids"] + [pad_id] * p for f, p in zip(features, pad)]),
-        "labels": torch.tensor([f["labels"] + [-100] * p for f, p in zip(features, pad)]),
-        "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * p for f, p in zip(features, pad)]),
-    }
-
-
 @torch.no_grad()
 def letter_accuracy(language_model: torch.nn.Module, processor: StllmProcessor, seed: int, frames: int,
                     per_task: int = 50) -> dict[str, float]:
@@ -74,7 +62,7 @@ def letter_accuracy(language_model: torch.nn.Module, processor: StllmProcessor, 
     language_model.eval()
     accuracy = {}
     for task, rows in examples.items():
-        batch = _batch([{"input_ids": ids, "labels": ids} for ids, _ in rows], processor.tokenizer.pad_token_id or 0)
+        batch = processor.collate([{"input_ids": ids, "labels": ids} for ids, _ in rows])  # right-padded
         logits = language_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         at = torch.tensor([a for _, a in rows])  # right padding: row r's letter is predicted at at[r] - 1
         scores = logits[torch.arange(len(rows)), at - 1][:, letters]  # (N, 2)
@@ -104,14 +92,13 @@ def pretrain_language_model(model_dir: str | Path, max_steps: int, seed: int, fr
     lm.train()
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(lm.parameters(), lr=lr, weight_decay=0.0)
-    pad_id = processor.tokenizer.pad_token_id or 0
     t0 = time.perf_counter()
     accuracy: dict[str, float] = {}
     steps = 0
     bar = tqdm(range(max_steps), desc="language pretraining", disable=not progress, mininterval=2.0)
     for step in bar:
         rng = random.Random(seed * 1_000_003 + step)
-        batch = _batch([text_example(processor, rng, frames)[0] for _ in range(batch_size)], pad_id)
+        batch = processor.collate([text_example(processor, rng, frames)[0] for _ in range(batch_size)])
         loss = lm(**batch).loss
         loss.backward()
         optimizer.step()
