@@ -9,12 +9,12 @@ The stages mirror where the paper's model comes from, in miniature:
 1. language pretraining (Vicuna's role): the tiny LLM (4 layers x 64) learns the four tasks told in words,
    one phrase per frame (stllm/synthetic_text.py). Without it, a from-scratch LLM never learns to answer by
    option letter within a CPU budget (docs/quickstart.md has the measured search);
-2. video training per variant, through `stllm train`. The paper starts from pretrained, frozen vision towers
-   and fine-tunes the LLM; a tiny model has no pretrained towers, so here the EVA, Q-Former and projection
-   learn (vision init range 0.05 instead of transformers' 1e-10) while the text-pretrained LLM stays frozen,
-   as in InstructBLIP's alignment stage: training it too at the towers' learning rate loses much of what it
-   learnt (measured, docs/quickstart.md). Every variant starts from the same pretrained model;
-3. evaluation per variant, through `stllm eval` + `stllm score` (MVBench layout and scoring).
+2. vision-language alignment (the role of InstructBLIP's pretrained EVA and Q-Former): the towers, drawn at
+   random, learn on single frames to write each frame as the LLM's embeddings of its two words
+   (stllm/synthetic_vision.py). One frame at a time: nothing about time order is learnt here;
+3. video instruction tuning per variant, through `stllm train`, with the paper's split: EVA and Q-Former
+   frozen, projection and LLM trained (SPEC 1.11). Every variant starts from the same aligned model;
+4. evaluation per variant, through `stllm eval` + `stllm score` (MVBench layout and scoring).
 The variants run side by side, one process each, with the cores shared out (`--jobs` sets how many at once):
 a model this small uses extra threads poorly. The miniature says nothing about the paper's benchmark numbers.
 
@@ -59,10 +59,11 @@ class Budget:
     steps: int  # video training steps per variant
     batch_size: int
     text_steps: int  # at most this many language pretraining steps (batch 32); it stops at 100% held out
+    align_steps: int  # vision-language alignment steps (batch 64 single frames)
 
 
-FULL = Budget(train_per_task=250, eval_per_task=50, steps=1500, batch_size=16, text_steps=4000)
-FAST = Budget(train_per_task=8, eval_per_task=3, steps=4, batch_size=4, text_steps=4)
+FULL = Budget(train_per_task=250, eval_per_task=50, steps=1000, batch_size=16, text_steps=4000, align_steps=1000)
+FAST = Budget(train_per_task=8, eval_per_task=3, steps=4, batch_size=4, text_steps=4, align_steps=4)
 
 
 def _write_yaml(path: Path, payload: dict) -> Path:
@@ -72,15 +73,15 @@ def _write_yaml(path: Path, payload: dict) -> Path:
 
 
 def train_config(base_model: Path, data: Path, out: Path, overrides: dict, budget: Budget, seed: int) -> dict:
-    """A training recipe for one variant (the tiny recipe's structure, towers trainable: see module doc)."""
+    """A training recipe for one variant: the paper's split (towers frozen, projection + LLM trained)."""
     return {
-        "model": {"preset": "tiny", "init_from": str(base_model), "freeze_vision": False, "freeze_qformer": False,
-                  "freeze_llm": True, "num_frames": FRAMES, **overrides},
+        "model": {"preset": "tiny", "init_from": str(base_model), "freeze_vision": True, "freeze_qformer": True,
+                  "freeze_llm": False, "num_frames": FRAMES, **overrides},
         "data": {"data_root": str(data), "anno_root": "", "image_size": IMAGE_SIZE, "mixture": "shuffled",
                  "datasets": [{"name": "synthetic_temporal_qa", "annotation": "train/annotations.json",
                                "media_root": "train/videos", "media_type": "video", "num_frames": FRAMES}]},
         "train": {"output_dir": str(out), "max_steps": budget.steps, "per_device_train_batch_size": budget.batch_size,
-                  "learning_rate": 1e-3, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "weight_decay": 0.0,
+                  "learning_rate": 3e-4, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "weight_decay": 0.0,
                   "bf16": False, "gradient_checkpointing": False, "logging_steps": max(1, budget.steps // 10),
                   "save_strategy": "no", "dataloader_num_workers": 0, "use_cpu": True, "seed": seed},
         "resume": "never",
@@ -168,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="pipeline check in seconds (no meaningful accuracy)")
     parser.add_argument("--steps", type=int, default=None, help="video training steps per variant")
     parser.add_argument("--text-steps", type=int, default=None, help="at most this many language pretraining steps")
+    parser.add_argument("--align-steps", type=int, default=None, help="vision-language alignment steps")
     parser.add_argument("--jobs", type=int, default=len(VARIANTS),
                         help="variants trained at once, each in its own process (default: all of them)")
     args = parser.parse_args(argv)
@@ -177,11 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from stllm.synthetic import build_dataset, corpus_words
     from stllm.synthetic_text import pretrain_language_model
+    from stllm.synthetic_vision import align_towers
     from stllm.tiny import build_tiny_model_dir
 
     budget = FAST if args.fast else FULL
     budget = Budget(budget.train_per_task, budget.eval_per_task, args.steps or budget.steps, budget.batch_size,
-                    budget.text_steps if args.text_steps is None else args.text_steps)
+                    budget.text_steps if args.text_steps is None else args.text_steps,
+                    budget.align_steps if args.align_steps is None else args.align_steps)
     jobs = max(1, min(args.jobs, len(VARIANTS)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     out = Path(args.out).resolve()
@@ -206,6 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"[quickstart] after {text_steps} steps the LLM answers the tasks told in words (held out, by letter): "
           + ", ".join(f"{k} {v:.0f}%" for k, v in text_accuracy.items()))
 
+    t = time.perf_counter()
+    print(f"[quickstart] vision-language alignment of the towers ({budget.align_steps} steps of single frames)")
+    word_accuracy = align_towers(out / "base_model", budget.align_steps, args.seed, IMAGE_SIZE)
+    timings["vision-language alignment"] = time.perf_counter() - t
+    print("[quickstart] the towers now write a held-out frame's words (nearest LLM embedding): "
+          + ", ".join(f"{k} {v:.0f}%" for k, v in word_accuracy.items()))
+
     print(f"[quickstart] training and evaluating {len(VARIANTS)} variants, {jobs} at a time "
           f"({threads} thread{'s' if threads > 1 else ''} each; logs in {out / 'logs'})")
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -220,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accuracies[name] = _task_accuracies(out / "eval" / slug / "results.json")
         answers[name] = answer_accuracies(out / "eval" / slug / "predictions.jsonl")
     timings["total"] = time.perf_counter() - t0
-    report(out, accuracies, answers, timings, args, budget, text_accuracy, text_steps)
+    report(out, accuracies, answers, timings, args, budget, text_accuracy, text_steps, word_accuracy)
     return 0
 
 
@@ -241,7 +252,7 @@ def _table(title: str, scores: dict[str, dict[str, float]], timings: dict[str, f
 
 def report(out: Path, accuracies: dict[str, dict[str, float]], answers: dict[str, dict[str, float]],
            timings: dict[str, float], args, budget: Budget, text_accuracy: dict[str, float],
-           text_steps: int) -> None:
+           text_steps: int, word_accuracy: dict[str, float]) -> None:
     """Print both tables, write results.json and a chart."""
     from stllm.synthetic import TASKS
 
@@ -250,7 +261,8 @@ def report(out: Path, accuracies: dict[str, dict[str, float]], answers: dict[str
     payload = {"mvbench_strict_accuracy_percent": accuracies, "answer_accuracy_percent": answers,
                "language_pretraining_letter_accuracy_percent": text_accuracy,
                "timings_s": timings, "seed": args.seed, "fast": args.fast, "steps": budget.steps,
-               "text_steps": text_steps,
+               "text_steps": text_steps, "alignment_word_accuracy_percent": word_accuracy,
+               "align_steps": budget.align_steps,
                "train_per_task": budget.train_per_task, "eval_per_task": budget.eval_per_task, "frames": FRAMES,
                "image_size": IMAGE_SIZE, "chance_percent": 50.0,
                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"}

@@ -6,7 +6,7 @@ pooling over frames) therefore sees identically distributed inputs for both answ
 a model that keeps every frame's tokens can. The colour task is static: pooling solves it.
 
 Every clip also comes described in words, one short phrase per frame ("red three": the square's colour and
-its column out of five, "none none" for an empty frame). That is the same scene told as text, used to pretrain
+its column out of four, "none none" for an empty frame). That is the same scene told as text, used to pretrain
 the quickstart's tiny LLM (stllm/synthetic_text.py), as Vicuna was pretrained on text before ST-LLM saw video.
 """
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 BACKGROUND = (16, 16, 16)
-COLUMNS = ("one", "two", "three", "four", "five")  # the frame split into five columns, left to right
+COLUMNS = ("one", "two", "three", "four")  # the frame split into four columns, left to right: one column per
+# column of ViT patches at the quickstart's 56 px and 14 px patches, so a column is what a patch position says
 EMPTY_FRAME = "none none"
 LETTERS = "ABCDEFGH"  # how MVBench labels the options
 
@@ -95,11 +96,15 @@ def draw_order(rng: random.Random, t: int, size: int) -> Clip:
 
 
 def draw_enter_leave(rng: random.Random, t: int, size: int) -> Clip:
-    """A square slides from outside the frame to its centre (enters) or from the centre out (leaves)."""
+    """A square slides from outside the frame to its centre (enters) or from the centre out (leaves).
+
+    It starts (or ends) far enough outside that the first (or last) third or so of the clip is empty, so the
+    answer survives when some frames' tokens are dropped (dynamic masking keeps about half of them).
+    """
     half = size // 8
     name = rng.choice(list(COLOURS))
     side = rng.choice([-1, 1])
-    outside = size / 2 + side * (size / 2 + half + 1)
+    outside = size / 2 + side * (size / 2 + half + 1 + rng.uniform(0.3, 0.5) * size)
     centre = size / 2 + rng.uniform(-size / 8, size / 8)
     y = rng.uniform(half, size - half)
     enters = rng.random() < 0.5

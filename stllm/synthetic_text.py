@@ -24,11 +24,15 @@ from stllm.synthetic import LETTERS, TASKS, mcq
 logger = logging.getLogger(__name__)
 
 
-def text_example(processor: StllmProcessor, rng: random.Random, frames: int) -> tuple[dict[str, list[int]], str, int]:
+def text_example(processor: StllmProcessor, rng: random.Random, frames: int,
+                 word_dropout: float = 0.0) -> tuple[dict[str, list[int]], str, int]:
     """One task drawn at random, told in words -> ({input_ids, labels}, task, index of the answer's letter token).
 
     The sequence is the training format of stllm.data.processor with the frame words in place of the video
     tokens; labels cover the answer only ("Best option:(X) answer" + terminator), as in video training.
+    With probability `word_dropout` the description loses a share of its words drawn as ST-LLM draws its
+    masking ratio (N(0.5, 0.1) clipped to [0.1, 0.7], SPEC 2.1), the rest kept in order: the tiny LLM learns to
+    read a description with words missing, as a pretrained LLM does (see pretrain_language_model).
     """
     task = rng.choice(list(TASKS))
     clip = TASKS[task][0](rng, frames, 64)
@@ -39,6 +43,10 @@ def text_example(processor: StllmProcessor, rng: random.Random, frames: int) -> 
     first = ids.index(video_id)
     last = len(ids) - ids[::-1].index(video_id)
     context = processor.tokenizer.encode(" ".join(clip.words))
+    if word_dropout and rng.random() < word_dropout:
+        drop = int(min(max(rng.gauss(0.5, 0.1), 0.1), 0.7) * len(context))
+        dropped = set(rng.sample(range(len(context)), drop))
+        context = [t for i, t in enumerate(context) if i not in dropped]
     ids = ids[:first] + context + ids[last:]
     labels = labels[:first] + [-100] * len(context) + labels[last:]
     letter = processor.tokenizer.sp.piece_to_id(LETTERS[options.index(clip.answer)])
@@ -74,7 +82,7 @@ def letter_accuracy(language_model: torch.nn.Module, processor: StllmProcessor, 
 
 def pretrain_language_model(model_dir: str | Path, max_steps: int, seed: int, frames: int, batch_size: int = 32,
                             lr: float = 3e-3, check_every: int = 250, target: float = 100.0,
-                            progress: bool = True) -> tuple[dict[str, float], int]:
+                            word_dropout: float = 0.5, progress: bool = True) -> tuple[dict[str, float], int]:
     """Train the LLM of the saved model in model_dir on the tasks in words until it answers held-out questions
     by letter at `target` % on every task (checked every `check_every` steps) or max_steps; save it in place.
 
@@ -98,7 +106,7 @@ def pretrain_language_model(model_dir: str | Path, max_steps: int, seed: int, fr
     bar = tqdm(range(max_steps), desc="language pretraining", disable=not progress, mininterval=2.0)
     for step in bar:
         rng = random.Random(seed * 1_000_003 + step)
-        batch = processor.collate([text_example(processor, rng, frames)[0] for _ in range(batch_size)])
+        batch = processor.collate([text_example(processor, rng, frames, word_dropout)[0] for _ in range(batch_size)])
         loss = lm(**batch).loss
         loss.backward()
         optimizer.step()

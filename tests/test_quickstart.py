@@ -1,5 +1,5 @@
-"""The quickstart end to end in --fast mode (pipeline only: no accuracy is asserted), its synthetic data and the
-language pretraining that stands in for Vicuna's."""
+"""The quickstart end to end in --fast mode (pipeline only: no accuracy is asserted), its synthetic data, the
+language pretraining that stands in for Vicuna's and the alignment that stands in for InstructBLIP's towers."""
 from __future__ import annotations
 
 import json
@@ -53,8 +53,9 @@ def test_frame_words_tell_the_same_story_as_the_pixels():
             elif task == "order":
                 assert clip.words[0].startswith(clip.answer) and not clip.words[-1].startswith(clip.answer)
             elif task == "enter_leave":
-                empty_at = clip.words.index(EMPTY_FRAME) if EMPTY_FRAME in clip.words else None
-                assert empty_at is not None and (clip.words[0] == EMPTY_FRAME) == (clip.answer == "enters")
+                # empty for a stretch at one end (>= 2 of 8 frames), so half the tokens masked still tell
+                assert clip.words.count(EMPTY_FRAME) >= 2, clip.words
+                assert (clip.words[0] == EMPTY_FRAME) == (clip.answer == "enters") != (clip.words[-1] == EMPTY_FRAME)
             else:  # direction: the column index never decreases when moving right
                 cols = [COLUMNS.index(p.split()[1]) for p in clip.words]
                 moving = cols if clip.answer == "right" else cols[::-1]
@@ -83,6 +84,24 @@ def test_text_example_puts_the_frame_words_where_the_video_goes(quickstart_model
         assert sp.id_to_piece(ids[at]) in ("A", "B") and task in TASKS
 
 
+def test_word_dropout_drops_a_masking_share_of_the_frame_words_in_order(quickstart_model):
+    from stllm.data.processor import StllmProcessor
+    from stllm.synthetic_text import text_example
+
+    processor = StllmProcessor.from_pretrained(quickstart_model)
+    for seed in range(20):
+        full, task, at = text_example(processor, random.Random(seed), frames=8)
+        kept, task2, at2 = text_example(processor, random.Random(seed), frames=8, word_dropout=1.0)
+        assert task2 == task
+        lost = len(full["input_ids"]) - len(kept["input_ids"])
+        assert int(0.1 * 16) <= lost <= int(0.7 * 16) and at2 == at - lost  # 8 frames x 2 words, ratio in [0.1, 0.7]
+        words, rest = full["input_ids"][:16], kept["input_ids"][:16 - lost]
+        it = iter(words)
+        assert all(any(t == w for w in it) for t in rest)  # a subsequence: the kept words stay in order
+        assert kept["input_ids"][16 - lost:] == full["input_ids"][16:]  # the prompt and answer are untouched
+        assert kept["labels"][16 - lost:] == full["labels"][16:]
+
+
 def test_language_pretraining_changes_only_the_llm(quickstart_model, tmp_path):
     import shutil
 
@@ -102,6 +121,45 @@ def test_language_pretraining_changes_only_the_llm(quickstart_model, tmp_path):
     assert changed and all(k.startswith("language_model.") for k in changed), sorted(changed)[:5]
 
 
+def test_alignment_trains_the_towers_towards_the_frame_words(quickstart_model, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from stllm.data.processor import StllmProcessor
+    from stllm.synthetic_vision import SLOTS, align_towers, frame_batch
+
+    processor = StllmProcessor.from_pretrained(quickstart_model)
+    pixels, texts, ids = frame_batch(processor, random.Random(0), 64, 56, batch_size=3, clip_frames=16)
+    assert pixels.shape == (3, 1, 3, 56, 56) and len(texts) == 3 and ids.shape == (3, len(SLOTS))
+    assert all(t.startswith("Question: ") for t in texts)
+    words = [processor.decode(row).split() for row in ids.tolist()]
+    assert all(len(w) == 2 and w[1] in COLUMNS + ("none",) for w in words), words
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(quickstart_model, model_dir)
+    before = load_file(model_dir / "model.safetensors")
+    accuracy = align_towers(model_dir, steps=2, seed=0, image_size=56, batch_size=4, progress=False)
+    after = load_file(model_dir / "model.safetensors")
+    assert set(accuracy) == set(SLOTS) and all(0 <= v <= 100 for v in accuracy.values())
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not any(k.startswith("language_model.") for k in changed)
+    for prefix in ("vision_model.", "qformer.", "language_projection.", "query_tokens"):
+        assert any(k.startswith(prefix) for k in changed), prefix
+    pos = after["vision_model.embeddings.position_embedding"]
+    assert 0.8 < pos.std().item() < 1.2  # redrawn at unit scale (module docstring)
+
+
+def test_alignment_needs_one_query_token_per_frame_word(tmp_path):
+    from stllm.synthetic_vision import align_towers
+    from stllm.tiny import build_tiny_model_dir
+
+    model_dir = build_tiny_model_dir(tmp_path / "m4", extra_text=corpus_words(), vocab_size=600,
+                                     vision={"image_size": 56}, num_query_tokens=4)
+    with pytest.raises(ValueError, match="num_query_tokens=4"):
+        align_towers(model_dir, steps=1, seed=0, image_size=56, progress=False)
+
+
 def test_dataset_layouts_are_deterministic(tmp_path):
     a = build_dataset(tmp_path / "a", seed=7, train_per_task=3, eval_per_task=2)
     b = build_dataset(tmp_path / "b", seed=7, train_per_task=3, eval_per_task=2)
@@ -116,16 +174,24 @@ def test_dataset_layouts_are_deterministic(tmp_path):
 
 
 def test_fast_quickstart_runs_end_to_end(tmp_path, capsys):
+    from safetensors.torch import load_file
+
     out = tmp_path / "qs"
     assert quickstart_main(["--fast", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results["language_pretraining_letter_accuracy_percent"]) == set(TASKS)
+    assert set(results["alignment_word_accuracy_percent"]) == {"colour", "column"}
     for key in ("mvbench_strict_accuracy_percent", "answer_accuracy_percent"):
         assert set(results[key]) == {"all", "all+mask+MVM", "mean"}
         for acc in results[key].values():
             assert set(acc) == set(TASKS) and all(0 <= v <= 100 for v in acc.values())
     assert (out / "quickstart_accuracy.png").stat().st_size > 1000
+    base = load_file(out / "base_model" / "model.safetensors")
     for variant in ("all", "all_mask_MVM", "mean"):
+        trained = load_file(out / "models" / variant / "model.safetensors")
+        changed = {k for k in base if not torch.equal(base[k], trained[k])}  # the paper's split: towers frozen
+        assert not any(k.startswith(("vision_model.", "qformer.", "query_tokens")) for k in changed), variant
+        assert any(k.startswith("language_model.") for k in changed), variant
         assert (out / "models" / variant / "config.json").is_file()
         assert (out / "eval" / variant / "predictions.jsonl").is_file()
         assert "$ python -m stllm score" in (out / "logs" / f"{variant}.log").read_text()
