@@ -87,8 +87,11 @@ def pretrain_language_model(model_dir: str | Path, max_steps: int, seed: int, fr
     by letter at `target` % on every task (checked every `check_every` steps) or max_steps; save it in place.
 
     Only the LLM changes (the vision tower, Q-Former and projection are saved as they were). The learning
-    curve is a long plateau then a jump, whose step varies with the seed (1250-2000 measured), hence the
-    stopping rule. -> (held-out letter accuracy per task, steps taken); the held-out seed is one no training
+    curve is a long plateau then a jump, whose step varies with the seed (3250-3500 measured with the
+    default word dropout, 1000-2000 without), hence the stopping rule. `word_dropout` is the share of examples
+    that lose words (text_example): without it the LLM finds each frame's words by their position, and after
+    dynamic masking, which drops video tokens and closes the gaps (SPEC 2.1), it no longer does
+    (docs/quickstart.md). -> (held-out letter accuracy per task, steps taken); the held-out seed is one no training
     batch uses.
     """
     from stllm.models.modeling import StllmForConditionalGeneration
