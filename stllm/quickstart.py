@@ -46,7 +46,8 @@ VARIANTS = {  # name -> model overrides (what the paper varies, nothing else)
     "mean": {"video_input": "mean", "use_mask": False},
 }
 FRAMES = 8  # frames the model sees (the videos have 16)
-IMAGE_SIZE = 56
+IMAGE_SIZE = 56  # what the model sees: 4 x 4 patches of 14 px, one per column of stllm.synthetic
+VIDEO_SIZE = 64  # what the videos are drawn at
 LLM = {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128, "num_attention_heads": 4,
        "num_key_value_heads": 4}  # 2 layers never learn the tasks by letter, even from text (docs/quickstart.md)
 QUERY_TOKENS = 2  # per frame: as many as words per frame in the language pretraining ("red three")
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"[quickstart] drawing the synthetic dataset (seed {args.seed}) under {out / 'data'}")
     build_dataset(out / "data", seed=args.seed, train_per_task=budget.train_per_task,
-                  eval_per_task=budget.eval_per_task, frames=2 * FRAMES, size=64)
+                  eval_per_task=budget.eval_per_task, frames=2 * FRAMES, size=VIDEO_SIZE)
     build_tiny_model_dir(out / "base_model", seed=args.seed, extra_text=corpus_words(), vocab_size=600,
                          vision={"image_size": IMAGE_SIZE, "initializer_range": 0.05}, text=LLM,
                          num_query_tokens=QUERY_TOKENS, num_frames=FRAMES, freeze_vision=False,
@@ -212,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t = time.perf_counter()
     print(f"[quickstart] vision-language alignment of the towers ({budget.align_steps} steps of single frames)")
-    word_accuracy = align_towers(out / "base_model", budget.align_steps, args.seed, IMAGE_SIZE)
+    word_accuracy = align_towers(out / "base_model", budget.align_steps, args.seed, IMAGE_SIZE, size=VIDEO_SIZE,
+                                 clip_frames=2 * FRAMES)
     timings["vision-language alignment"] = time.perf_counter() - t
     print("[quickstart] the towers now write a held-out frame's words (nearest LLM embedding): "
           + ", ".join(f"{k} {v:.0f}%" for k, v in word_accuracy.items()))
