@@ -21,6 +21,7 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -41,8 +42,7 @@ def frame_batch(processor: StllmProcessor, rng: random.Random, size: int, image_
     instruction to the Q-Former); pixels go through the evaluation transform (resize + centre crop), so a
     column word keeps its meaning.
     """
-    transform = build_transform(False, image_size)
-    pixels, texts, ids = [], [], []
+    frames, texts, ids = [], [], []
     for _ in range(batch_size):
         clip = TASKS[rng.choice(list(TASKS))][0](rng, clip_frames, size)
         i = rng.randrange(clip_frames)
@@ -50,10 +50,11 @@ def frame_batch(processor: StllmProcessor, rng: random.Random, size: int, image_
         if len(words) != len(SLOTS):
             raise ValueError(f"frame words {clip.words[i]!r} are {len(words)} tokens, expected {len(SLOTS)}: the "
                              "tokenizer must hold each colour and column as one piece (stllm.synthetic.corpus_words)")
-        pixels.append(transform(clip.frames[i:i + 1]))
+        frames.append(clip.frames[i])
         texts.append(mcq(clip, rng)[0])
         ids.append(words)
-    return torch.stack(pixels), texts, torch.tensor(ids)
+    pixels = build_transform(False, image_size)(np.stack(frames))  # (B, 3, S, S): frame by frame, in one call
+    return pixels[:, None], texts, torch.tensor(ids)
 
 
 @torch.no_grad()

@@ -58,6 +58,8 @@ class DataConfig:
     on_bad_media: str = "skip"  # skip (log, count, draw another item) | fail (raise MediaError)
     max_retries: int = 10  # replacement draws per sample before giving up
     image_size: int = 224
+    cache_decoded_mb: float = 0.0  # > 0: keep decoded video files in memory, up to this many MB per dataset and
+    # process (stllm.data.frame_cache): for small datasets read many times; the frames are the same
     seed: int = 42  # SPEC 4.6: the original DistributedSamplers used seed 42
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from stllm.data.config import DataConfig, DatasetSpec, annotation_path, media_path
+from stllm.data.frame_cache import DecodedVideoCache
 from stllm.data.sampling import FrameSampling
 from stllm.data.transforms import build_transform
 from stllm.data.types import VideoQAItem
@@ -79,6 +80,7 @@ class InstructionDataset(Dataset):
         anno_root: str = "",
         max_retries: int = 10,
         image_size: int = 224,
+        cache_decoded_mb: float = 0.0,
     ):
         if on_bad_media not in ("skip", "fail"):
             raise ValueError(f"on_bad_media must be skip or fail, got {on_bad_media!r}")
@@ -92,6 +94,8 @@ class InstructionDataset(Dataset):
         sampling = spec.sampling()
         # evaluation-style use of a training set: deterministic segment middles (SPEC 4.4 `middle`)
         self.sampling = sampling if train else FrameSampling(num_frames=sampling.num_frames, mode="middle")
+        # video files decoded once and kept (stllm.data.frame_cache), when asked: same frames, less decoding
+        self.cache = DecodedVideoCache(cache_decoded_mb) if cache_decoded_mb > 0 and not self.is_image else None
         self.bad_media_count = 0
         self.last_bad_media: collections.deque[tuple[str, str]] = collections.deque(maxlen=50)
 
@@ -121,9 +125,10 @@ class InstructionDataset(Dataset):
             sampling = self.sampling
             if "start" in item and "end" in item:
                 sampling = sampling.with_window(float(item["start"]), float(item["end"]))
-            clip = read_clip(path, sampling, rng=rng, backend=self.spec.video_reader,
-                             folder_fps=self.spec.frame_folder_fps,
-                             max_source_frames=item.get("num_frames"))  # per sample only: SPEC Q17 fix
+            reader = self.cache.read if self.cache is not None else read_clip
+            clip = reader(path, sampling, rng=rng, backend=self.spec.video_reader,
+                          folder_fps=self.spec.frame_folder_fps,
+                          max_source_frames=item.get("num_frames"))  # per sample only: SPEC Q17 fix
             if clip.total_frames < self.spec.min_source_frames:
                 raise MediaError(path, f"{clip.total_frames} frames, fewer than min_source_frames="
                                        f"{self.spec.min_source_frames}")
@@ -159,7 +164,8 @@ def build_datasets(cfg: DataConfig, *, train: bool = True, transform: Transform 
     """A resolved DataConfig -> one InstructionDataset per entry (same transform and bad-media policy)."""
     transform = transform if transform is not None else build_transform(train, cfg.image_size)
     return [InstructionDataset(spec, cfg.data_root, transform, train=train, on_bad_media=cfg.on_bad_media,
-                               seed=cfg.seed, anno_root=cfg.anno_root, max_retries=cfg.max_retries)
+                               seed=cfg.seed, anno_root=cfg.anno_root, max_retries=cfg.max_retries,
+                               cache_decoded_mb=cfg.cache_decoded_mb)
             for spec in cfg.datasets]
 
 

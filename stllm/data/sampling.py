@@ -7,6 +7,7 @@ Modes (DESIGN decision 5; every rule below reproduces the original code, includi
   It differs from ``middle`` (e.g. 10 frames, 4 asked: middle [0,3,5,8] vs uniform_middle [1,3,5,8]).
 - ``mvbench``: MVBench ``get_index`` of SPEC 7.2 (start/end bounds, fps-1 rule when ``num_frames == 0``).
 - ``fps``: frames at ``fps`` frames per second (SPEC 4.4 ``fps{x}``), clamped to [min_frames, max_frames].
+- ``all``: every frame of the clip (or of its window); num_frames is ignored (what DecodedVideoCache keeps).
 
 Rounding: the original used Python ``round`` / ``np.round`` on floats (both round half to even) and
 ``np.linspace(...).astype(int)``; the same calls are used here so halves fall the same way.
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-MODES = ("rand", "middle", "uniform_middle", "mvbench", "fps")
+MODES = ("rand", "middle", "uniform_middle", "mvbench", "fps", "all")
 
 Rng = random.Random | np.random.Generator | None
 
@@ -47,7 +48,7 @@ class FrameSampling:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown frame sampling mode {self.mode!r}; valid: {', '.join(MODES)}")
-        if self.num_frames < 0 or (self.num_frames == 0 and self.mode != "mvbench"):
+        if self.num_frames < 0 or (self.num_frames == 0 and self.mode not in ("mvbench", "all")):
             raise ValueError(f"num_frames must be > 0 for mode {self.mode!r} (0 only for mvbench's fps-1 rule)")
         if self.mode == "fps" and self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
@@ -164,7 +165,9 @@ def frame_indices(
     if sampling.start is not None and sampling.end is not None:
         vlen = max(1, int((sampling.end - sampling.start) * video_fps))
         offset = int(sampling.start * video_fps)
-    if sampling.mode == "fps":
+    if sampling.mode == "all":
+        idx = list(range(vlen))
+    elif sampling.mode == "fps":
         idx = fps_indices(sampling, vlen, video_fps)
     else:
         idx = segment_indices(sampling.num_frames, vlen, sampling.mode, rng, sampling.fix_start)
