@@ -45,7 +45,7 @@ VARIANTS = {  # name -> model overrides (what the paper varies, nothing else)
     "all+mask+MVM": {"video_input": "all", "use_mask": True, "mvm_decode": True, "mvm_loss_weight": 1.0},
     "mean": {"video_input": "mean", "use_mask": False},
 }
-FRAMES = 8  # frames the model sees (the videos have 16)
+FRAMES = 8  # frames the model sees: the videos' 8 drawn frames, each held for 3 (stllm.synthetic.build_dataset)
 IMAGE_SIZE = 56  # what the model sees: 4 x 4 patches of 14 px, one per column of stllm.synthetic
 VIDEO_SIZE = 64  # what the videos are drawn at
 LLM = {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128, "num_attention_heads": 4,
@@ -63,7 +63,7 @@ class Budget:
     align_steps: int  # vision-language alignment steps (batch 64 single frames)
 
 
-FULL = Budget(train_per_task=250, eval_per_task=50, steps=1000, batch_size=16, text_steps=4000, align_steps=1000)
+FULL = Budget(train_per_task=250, eval_per_task=50, steps=1000, batch_size=16, text_steps=4000, align_steps=1500)
 FAST = Budget(train_per_task=8, eval_per_task=3, steps=4, batch_size=4, text_steps=4, align_steps=4)
 
 
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     print(f"[quickstart] drawing the synthetic dataset (seed {args.seed}) under {out / 'data'}")
     build_dataset(out / "data", seed=args.seed, train_per_task=budget.train_per_task,
-                  eval_per_task=budget.eval_per_task, frames=2 * FRAMES, size=VIDEO_SIZE)
+                  eval_per_task=budget.eval_per_task, frames=3 * FRAMES, size=VIDEO_SIZE, hold=3)
     build_tiny_model_dir(out / "base_model", seed=args.seed, extra_text=corpus_words(), vocab_size=600,
                          vision={"image_size": IMAGE_SIZE, "initializer_range": 0.05}, text=LLM,
                          num_query_tokens=QUERY_TOKENS, num_frames=FRAMES, freeze_vision=False,

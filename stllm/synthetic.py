@@ -182,22 +182,31 @@ def mcq(clip: Clip, rng: random.Random) -> tuple[str, list[str], str]:
 
 
 def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, eval_per_task: int = 50,
-                  frames: int = 16, size: int = 64) -> dict[str, Path]:
+                  frames: int = 24, size: int = 64, hold: int = 3) -> dict[str, Path]:
     """Write videos and annotations under root; -> paths of the training JSON and the MVBench-style folder.
 
+    Each video has `frames` frames: frames // hold drawn ones, each held for `hold` frames. The default, 8
+    drawn frames held for 3 (24 frames), is the one layout near there where both samplers of an 8-frame model
+    take every drawn frame exactly once: training's ``rand`` (segments of 3, the last frame excluded: SPEC Q15)
+    and MVBench's get_index (indices 1, 4, 7, 10, 13, 15, 18, 21). A clip and its time reversal then give the
+    model the same frames in reverse order, so what a pooling model sees is identical for both answers. Drawn frame by frame
+    at 16, the samplers take about every other frame (MVBench: 0, 2, 4, 6, 8, 9, 11, 13), a clip and its
+    reversal show different parts of the path, and the pooling model read enter/leave at 58-74% (measured).
     root/train/videos/*.mp4 + root/train/annotations.json (VideoChat2-IT: video, QA=[{i, q, a}]);
     root/eval/videos/*.mp4 + root/eval/json/<task>.json (MVBench: video, question, candidates, answer).
     Training answers read "Best option:(X) answer": the MVBench protocol ends the prompt with "Best option:(".
     """
+    if hold < 1 or frames % hold:
+        raise ValueError(f"frames ({frames}) must be a multiple of hold ({hold})")
     root = Path(root)
     rng = random.Random(seed)
     train_items, eval_items = [], {task: [] for task in TASKS}
     for task, (draw, _) in TASKS.items():
         for split, count in (("train", train_per_task), ("eval", eval_per_task)):
             for k in range(count):
-                clip = draw(rng, frames, size)
+                clip = draw(rng, frames // hold, size)
                 name = f"{task}_{k:04d}.mp4"
-                write_mp4(clip.frames, root / split / "videos" / name)
+                write_mp4(np.repeat(clip.frames, hold, axis=0), root / split / "videos" / name)
                 text, options, gt = mcq(clip, rng)
                 if split == "train":
                     train_items.append({"video": name, "QA": [{"i": "", "q": text, "a": f"Best option:{gt}"}],

@@ -177,6 +177,23 @@ def test_written_videos_decode_to_the_drawn_pixels(tmp_path):
         assert (error.max(-1) > 3).mean() < 0.03, task
 
 
+def test_training_and_mvbench_samplers_see_every_drawn_frame_once(tmp_path):
+    """8 drawn frames held for 3: both samplers of the 8-frame model take each drawn frame exactly once, so a
+    temporal clip and its reversal give a pooling model the same frames (build_dataset's docstring)."""
+    from stllm.data.sampling import FrameSampling
+    from stllm.data.video import read_clip
+
+    paths = build_dataset(tmp_path, seed=3, train_per_task=1, eval_per_task=1)
+    for video in sorted(paths["eval_media"].glob("*.mp4")):
+        seen = read_clip(video, FrameSampling(num_frames=8, mode="mvbench"))
+        assert seen.total_frames == 24 and [i // 3 for i in seen.indices] == list(range(8)), video.name
+        for seed in range(4):
+            drawn = read_clip(video, FrameSampling(num_frames=8, mode="rand"), rng=random.Random(seed))
+            assert [i // 3 for i in drawn.indices] == list(range(8)) and np.array_equal(drawn.frames, seen.frames)
+    with pytest.raises(ValueError, match="multiple of hold"):
+        build_dataset(tmp_path / "x", frames=16, hold=3)
+
+
 def test_dataset_layouts_are_deterministic(tmp_path):
     a = build_dataset(tmp_path / "a", seed=7, train_per_task=3, eval_per_task=2)
     b = build_dataset(tmp_path / "b", seed=7, train_per_task=3, eval_per_task=2)
