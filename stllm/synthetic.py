@@ -177,6 +177,11 @@ def mcq(clip: Clip, rng: random.Random) -> tuple[str, list[str], str]:
     """Shuffle the options -> (question text in MVBench's qa_template, candidates, "(X) answer")."""
     options = clip.candidates[:]
     rng.shuffle(options)
+    return mcq_in_order(clip, options)
+
+
+def mcq_in_order(clip: Clip, options: list[str]) -> tuple[str, list[str], str]:
+    """The options in the given order -> (question text in MVBench's qa_template, candidates, "(X) answer")."""
     text = f"Question: {clip.question}\nOptions:\n" + "\n".join(f"({LETTERS[i]}) {o}" for i, o in enumerate(options))
     return text, options, f"({LETTERS[options.index(clip.answer)]}) {clip.answer}"
 
@@ -195,6 +200,10 @@ def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, ev
     root/train/videos/*.mp4 + root/train/annotations.json (VideoChat2-IT: video, QA=[{i, q, a}]);
     root/eval/videos/*.mp4 + root/eval/json/<task>.json (MVBench: video, question, candidates, answer).
     Training answers read "Best option:(X) answer": the MVBench protocol ends the prompt with "Best option:(".
+    A training video carries one QA turn per rotation of its options (both orders, with two), and training
+    reads one turn at random per visit (SPEC Q14): the letter cannot be learnt per video, only from the
+    option list (with one fixed order per video, a model wrote the right answer text for 100% of held-out
+    direction questions but the right letter for 80%, measured).
     """
     if hold < 1 or frames % hold:
         raise ValueError(f"frames ({frames}) must be a multiple of hold ({hold})")
@@ -208,9 +217,10 @@ def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, ev
                 name = f"{task}_{k:04d}.mp4"
                 write_mp4(np.repeat(clip.frames, hold, axis=0), root / split / "videos" / name)
                 text, options, gt = mcq(clip, rng)
-                if split == "train":
-                    train_items.append({"video": name, "QA": [{"i": "", "q": text, "a": f"Best option:{gt}"}],
-                                        "task": task})
+                if split == "train":  # one QA turn per option order; training takes one at random per visit
+                    turns = [mcq_in_order(clip, options[k:] + options[:k]) for k in range(len(options))]
+                    train_items.append({"video": name, "QA": [{"i": "", "q": q, "a": f"Best option:{a}"}
+                                                              for q, _, a in turns], "task": task})
                 else:
                     eval_items[task].append({"video": name, "question": clip.question, "candidates": options,
                                              "answer": clip.answer})

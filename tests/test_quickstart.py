@@ -204,6 +204,9 @@ def test_dataset_layouts_are_deterministic(tmp_path):
     items = json.loads(a["train_annotations"].read_text())
     assert len(items) == 3 * len(TASKS) and all(set(i) >= {"video", "QA"} for i in items)
     assert items[0]["QA"][0]["a"].startswith("Best option:(")
+    for item in items:  # both option orders, the same answer under the other letter
+        (q1, a1), (q2, a2) = [(t["q"], t["a"]) for t in item["QA"]]
+        assert a1[:len("Best option:(A)")] != a2[:len("Best option:(A)")] and a1[15:] == a2[15:] and q1 != q2
     for task in TASKS:
         rows = json.loads((a["eval_json"] / f"{task}.json").read_text())
         assert len(rows) == 2 and all(r["answer"] in r["candidates"] for r in rows)
