@@ -79,7 +79,7 @@ def train_config(base_model: Path, data: Path, out: Path, overrides: dict, budge
         "model": {"preset": "tiny", "init_from": str(base_model), "freeze_vision": True, "freeze_qformer": True,
                   "freeze_llm": False, "num_frames": FRAMES, **overrides},
         "data": {"data_root": str(data), "anno_root": "", "image_size": IMAGE_SIZE, "mixture": "shuffled",
-                 "cache_decoded_mb": 512,  # ~200 MB: each clip decoded once, not 16 times
+                 "cache_decoded_mb": 512,  # ~300 MB: each clip decoded once, not 16 times
                  "datasets": [{"name": "synthetic_temporal_qa", "annotation": "train/annotations.json",
                                "media_root": "train/videos", "media_type": "video", "num_frames": FRAMES}]},
         "train": {"output_dir": str(out), "max_steps": budget.steps, "per_device_train_batch_size": budget.batch_size,

@@ -194,9 +194,10 @@ def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, ev
     drawn frames held for 3 (24 frames), is the one layout near there where both samplers of an 8-frame model
     take every drawn frame exactly once: training's ``rand`` (segments of 3, the last frame excluded: SPEC Q15)
     and MVBench's get_index (indices 1, 4, 7, 10, 13, 15, 18, 21). A clip and its time reversal then give the
-    model the same frames in reverse order, so what a pooling model sees is identical for both answers. Drawn frame by frame
-    at 16, the samplers take about every other frame (MVBench: 0, 2, 4, 6, 8, 9, 11, 13), a clip and its
-    reversal show different parts of the path, and the pooling model read enter/leave at 58-74% (measured).
+    model the same frames in reverse order, so what a pooling model sees is identical for both answers. Drawn
+    frame by frame at 16, the samplers take about every other frame (MVBench: 0, 2, 4, 6, 8, 9, 11, 13), a clip
+    and its reversal show different parts of the path, and the pooling model read enter/leave at 58-74%
+    (measured).
     root/train/videos/*.mp4 + root/train/annotations.json (VideoChat2-IT: video, QA=[{i, q, a}]);
     root/eval/videos/*.mp4 + root/eval/json/<task>.json (MVBench: video, question, candidates, answer).
     Training answers read "Best option:(X) answer": the MVBench protocol ends the prompt with "Best option:(".
@@ -218,7 +219,7 @@ def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, ev
                 write_mp4(np.repeat(clip.frames, hold, axis=0), root / split / "videos" / name)
                 text, options, gt = mcq(clip, rng)
                 if split == "train":  # one QA turn per option order; training takes one at random per visit
-                    turns = [mcq_in_order(clip, options[k:] + options[:k]) for k in range(len(options))]
+                    turns = [mcq_in_order(clip, options[r:] + options[:r]) for r in range(len(options))]
                     train_items.append({"video": name, "QA": [{"i": "", "q": q, "a": f"Best option:{a}"}
                                                               for q, _, a in turns], "task": task})
                 else:

@@ -49,7 +49,7 @@ class FrameSampling:
         if self.mode not in MODES:
             raise ValueError(f"unknown frame sampling mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.num_frames < 0 or (self.num_frames == 0 and self.mode not in ("mvbench", "all")):
-            raise ValueError(f"num_frames must be > 0 for mode {self.mode!r} (0 only for mvbench's fps-1 rule)")
+            raise ValueError(f"num_frames must be > 0 for mode {self.mode!r} (0: mvbench's fps-1 rule, or mode all)")
         if self.mode == "fps" and self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
 
