@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install stllm with everything its tests need, on a fresh machine with only Python 3.
+# Installs exactly the versions of requirements-lock.txt, so a seed gives the same numbers on every fresh machine.
 # Idempotent: a second run only checks the stamp and returns. CPU machines get the CPU torch wheel via
 # constraints-cpu.txt; on a GPU machine set STLLM_GPU=1 to skip the CPU pin (then add flash-attn yourself).
 set -euo pipefail
@@ -7,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=${STLLM_VENV:-.venv}
 stamp="$VENV/.stllm-setup-stamp"
-want=$(cat requirements*.txt constraints-cpu.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat requirements-lock.txt requirements-test-assets.txt constraints-cpu.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: $VENV is up to date"; exit 0
 fi
@@ -15,19 +16,19 @@ fi
 # The machine's pip config may list local indexes that lack most packages; drop those harmless warnings.
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 pip install --upgrade pip >/dev/null
+# Every package at the exact version it was tested with (requirements-lock.txt); the dependencies themselves are
+# declared once, in pyproject.toml. CPU machines also pin the CPU torch wheel (constraints-cpu.txt).
+C=(-c requirements-lock.txt)
 if [ "${STLLM_GPU:-0}" = "1" ]; then
-  C=()
   pip install "torch>=2.4"
 else
-  C=(-c constraints-cpu.txt)
+  C+=(-c constraints-cpu.txt)
   pip install torch==2.13.0
 fi
-pip install "${C[@]}" -r requirements.txt -r requirements-dev.txt
-DS_BUILD_OPS=0 pip install "${C[@]}" -r requirements-deepspeed.txt
+DS_BUILD_OPS=0 pip install "${C[@]}" -e ".[decord,demo,deepspeed,dev]"
 # Informational: decord's manylinux2010 wheel is flagged "not supported" by pip check but imports and decodes fine.
-pip check || echo "setup: pip check reported the above (decord's platform tag is a known false alarm)"
+pip check >/dev/null 2>&1 || echo "setup: pip check is not clean (decord's platform tag is a known false alarm)"
 pip install --no-deps -r requirements-test-assets.txt
-pip install --no-deps --no-build-isolation -e .
 # Optional: Debian's Chromium for the real-browser demo test (skipped with a message where absent).
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \

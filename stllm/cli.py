@@ -3,23 +3,24 @@
 Each command lives in the module that owns it; this table is the only place that names them (a plain dict,
 imported lazily so that `python -m stllm score` does not import torch-heavy training code).
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("stllm.train.run", "train a recipe: train CONFIG [key=value ...]"),
     "eval": ("stllm.eval.run", "benchmark phase 1, write predictions.jsonl: eval CONFIG --model DIR [key=value ...]"),
     "score": ("stllm.eval.score", "benchmark phase 2, score predictions: score PREDICTIONS [...]"),
-    "convert": ("stllm.models.convert", "convert original ST-LLM / LAVIS / Vicuna / HF InstructBLIP weights"),
-    "inspect": ("stllm.models.inspect", "describe a model directory: inspect MODEL_DIR"),
+    "convert": ("stllm.checkpoints.convert", "convert original ST-LLM / LAVIS / Vicuna / HF InstructBLIP weights"),
+    "inspect": ("stllm.checkpoints.inspect", "describe a model directory: inspect MODEL_DIR"),
     "data": ("stllm.data.check", "check a data setup before training: data check CONFIG"),
     "bench": ("stllm.bench", "benchmarks that print figures: bench {data,convert,train,...}"),
     "quickstart": ("stllm.quickstart", "miniature reproduction of the paper's claim on CPU"),
-    "tiny-model": ("stllm.tiny", "write a tiny random model + tokenizers (CPU demos): tiny-model --out DIR"),
+    "tiny-model": ("stllm.testing", "write a tiny random model + tokenizers (CPU demos): tiny-model --out DIR"),
 }
 
 

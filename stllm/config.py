@@ -1,15 +1,17 @@
 """YAML file + `key=value` overrides -> a typed dataclass instance (unknown keys are errors naming the valid ones).
 
 Schemas are plain dataclasses owned by the module that uses them (stllm.train.config, stllm.eval.config,
-stllm.data.config); this module only loads, validates, merges and saves them (DESIGN decision 4).
+stllm.data.config); this module only loads, validates, merges and saves them (docs/design.md decision 4).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from omegaconf import OmegaConf
@@ -57,16 +59,26 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+def load_config(
+    schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), section: str | None = None
+) -> T:
     """Dataclass defaults <- YAML at `path` <- `key=value` overrides; returns a `schema` instance.
 
     Nested dataclass fields are addressed with dots (`model.video_input=mean`). A YAML may name a parent
-    file with a top-level `_base_: other.yaml` (relative to itself), merged first.
+    file with a top-level `_base_: other.yaml` (relative to itself), merged first. With `section`, a YAML whose
+    top level holds that section as a mapping contributes only it (a training config's `data:`), and
+    overrides may carry the section prefix (`data.data_root=...`).
     """
     base = OmegaConf.structured(schema)
+    source = str(path) if path is not None else "defaults"
     if path is not None:
-        base = OmegaConf.merge(base, _load_yaml_chain(schema, Path(path)))
+        data = read_yaml(Path(path))
+        if section is not None and isinstance(data.get(section), dict):
+            data = data[section]
+        base = _merge(base, data, schema, source)
     for key, value in parse_overrides(overrides).items():
+        if section is not None and key.startswith(section + "."):
+            key = key[len(section) + 1 :]
         try:
             OmegaConf.update(base, key, value, merge=True, force_add=False)
             # OmegaConf.update on a struct config raises for unknown keys; double check the path exists
@@ -75,26 +87,54 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
             raise _explain(schema, key, "command-line override") from err
         except ValidationError as err:
             raise ConfigError(f"command-line override {key}={value!r}: {err.msg}") from err
-    obj = OmegaConf.to_object(base)
+    try:
+        obj = OmegaConf.to_object(base)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {err.full_key}: {err.msg}") from err
     return obj  # type: ignore[return-value]
 
 
-def _load_yaml_chain(schema: type, path: Path) -> Any:
+def _merge(base: Any, data: dict[str, Any], schema: type, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, OmegaConf.create(data))
+    except ConfigKeyError as err:
+        raise _explain(schema, str(err.full_key), source) from err
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {err.full_key}: {err.msg}") from err
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping with its `_base_` parents merged in (parent first), as a plain dict.
+
+    Every problem is a ConfigError naming the file: not found, not UTF-8, not YAML, not a mapping, a `_base_`
+    chain that includes itself.
+    """
+    resolved = path.resolve()
+    if resolved in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, resolved))
+        raise ConfigError(f"{path}: the _base_ chain includes itself ({chain})")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     parent = data.pop("_base_", None)
-    merged = OmegaConf.structured(schema)
-    if parent:
-        merged = OmegaConf.merge(merged, _load_yaml_chain(schema, path.parent / parent))
-    try:
-        return OmegaConf.merge(merged, OmegaConf.create(data))
-    except ConfigKeyError as err:
-        raise _explain(schema, str(err.full_key), str(path)) from err
-    except ValidationError as err:
-        raise ConfigError(f"{path}: {err.full_key}: {err.msg}") from err
+    if not parent:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: _base_ must be a file name, got {parent!r}")
+    merged = OmegaConf.merge(
+        OmegaConf.create(read_yaml(path.parent / parent, (*_seen, resolved))), OmegaConf.create(data)
+    )
+    return OmegaConf.to_container(merged)  # type: ignore[return-value]
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

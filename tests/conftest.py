@@ -1,4 +1,5 @@
 """Session fixtures: a tiny model directory built offline (tokenizers trained in-process), test settings."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny model + processor (all tokens, masking + MVM on, no BT-Adapter)."""
-    from stllm.tiny import build_tiny_model_dir
+    from stllm.testing import build_tiny_model_dir
 
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"), seed=0)
 
@@ -22,7 +23,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(tiny_model_dir):
     """A chat engine on the tiny model, one per test module (the demos' tests share it)."""
-    from stllm.chat import ChatEngine
+    from stllm.demo.engine import ChatEngine
 
     return ChatEngine.from_pretrained(tiny_model_dir)
 

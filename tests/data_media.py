@@ -1,4 +1,5 @@
 """Test media drawn by the tests themselves: videos, GIFs, frame folders whose frames encode their own index."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def decode_index(frame: np.ndarray) -> int:
     return int(round((r - 8) / 16)) + 16 * int(round((g - 8) / 16))
 
 
-def write_video(path: str | os.PathLike, n: int = 40, fps: int = 10, codec: str = "libx264",
-                height: int = 48, width: int = 64) -> str:
+def write_video(
+    path: str | os.PathLike, n: int = 40, fps: int = 10, codec: str = "libx264", height: int = 48, width: int = 64
+) -> str:
     """An n-frame video (mp4/webm/avi/mkv by extension) whose frame i shows frame_image(i)."""
     import av
 
@@ -57,8 +59,9 @@ def write_gif(path: str | os.PathLike, n: int = 12, duration_ms: int = 100) -> s
     return str(path)
 
 
-def write_frame_folder(folder: str | os.PathLike, n: int = 20, first: int = 1, pattern: str = "{:05d}.jpg",
-                       skip: tuple[int, ...] = ()) -> str:
+def write_frame_folder(
+    folder: str | os.PathLike, n: int = 20, first: int = 1, pattern: str = "{:05d}.jpg", skip: tuple[int, ...] = ()
+) -> str:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):

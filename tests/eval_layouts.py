@@ -1,4 +1,5 @@
 """Test helpers: tiny benchmark folders in each official layout (videos written with PyAV) + a fake answerer."""
+
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +34,7 @@ def write_video(path: Path, n_frames: int = 24, fps: int = 8, size: tuple[int, i
 
 
 def write_frame_folder(path: Path, n: int = 30, size: tuple[int, int] = (64, 48)) -> Path:
-    """MVBench tvqa-style folder: 1-based 00001.jpg ... (SPEC 7.2)."""
+    """MVBench tvqa-style folder: 1-based 00001.jpg ... (docs/original.md §7.2)."""
     from PIL import Image
 
     path.mkdir(parents=True, exist_ok=True)
@@ -55,8 +56,12 @@ def build_mcqa(root: Path, config: str = "mvbench.yaml", per_task: int = 1) -> P
     for t in tasks:
         rows = []
         for i in range(per_task):
-            row = {"video": f"{t['json'][:-5]}_{i}.mp4", "question": f"What happens in {t['name']} {i}?",
-                   "candidates": ["walking", "running", "sitting"], "answer": ["walking", "running", "sitting"][i % 3]}
+            row = {
+                "video": f"{t['json'][:-5]}_{i}.mp4",
+                "question": f"What happens in {t['name']} {i}?",
+                "candidates": ["walking", "running", "sitting"],
+                "answer": ["walking", "running", "sitting"][i % 3],
+            }
             if t["bound"]:
                 row.update(start=0.5, end=2.5)
             if t["data_type"] == "frame":
@@ -76,40 +81,63 @@ def build_vcgbench(root: Path) -> Path:
     _copy(clip, root / "Test_Videos" / "v_b.mkv")
     qa = root / "Benchmarking_QA"
     qa.mkdir(parents=True, exist_ok=True)
-    (qa / "generic_qa.json").write_text(json.dumps([
-        {"video_name": "v_a", "Q": "What is shown?", "A": "A grey screen."},
-        {"video_name": "v_b", "Q": "What colour?", "A": "Grey."}]))
+    (qa / "generic_qa.json").write_text(
+        json.dumps(
+            [
+                {"video_name": "v_a", "Q": "What is shown?", "A": "A grey screen."},
+                {"video_name": "v_b", "Q": "What colour?", "A": "Grey."},
+            ]
+        )
+    )
     (qa / "temporal_qa.json").write_text(json.dumps([{"video_name": "v_a", "Q": "What happens first?", "A": "Dark."}]))
-    (qa / "consistency_qa.json").write_text(json.dumps([
-        {"video_name": "v_b", "Q1": "Is it bright?", "Q2": "Is the screen light?", "A": "It gets brighter."}]))
+    (qa / "consistency_qa.json").write_text(
+        json.dumps(
+            [{"video_name": "v_b", "Q1": "Is it bright?", "Q2": "Is the screen light?", "A": "It gets brighter."}]
+        )
+    )
     return root
 
 
 def build_open_qa(root: Path, layout: str) -> Path:
-    """msvd | msrvtt | anet layouts of SPEC 7.4."""
+    """msvd | msrvtt | anet layouts of docs/original.md §7.4."""
     clip = write_video(root / "_src.mp4")
     if layout == "msvd":
         _copy(clip, root / "videos" / "vid1.avi")
-        (root / "test_qa.json").write_text(json.dumps([
-            {"video_name": "vid1.avi", "question_id": 10, "question": "what is it?", "answer": "screen"},
-            {"video": "vid1.avi", "id": 11, "question": "is it dark?", "answer": "yes"}]))
+        (root / "test_qa.json").write_text(
+            json.dumps(
+                [
+                    {"video_name": "vid1.avi", "question_id": 10, "question": "what is it?", "answer": "screen"},
+                    {"video": "vid1.avi", "id": 11, "question": "is it dark?", "answer": "yes"},
+                ]
+            )
+        )
     elif layout == "msrvtt":
         _copy(clip, root / "videos" / "video7.mp4")
-        (root / "test_qa.json").write_text(json.dumps([
-            {"video_id": "video7", "question": "what is it?", "answer": "screen"},
-            {"video_id": "video7", "question": "who is there?", "answer": "nobody"}]))
+        (root / "test_qa.json").write_text(
+            json.dumps(
+                [
+                    {"video_id": "video7", "question": "what is it?", "answer": "screen"},
+                    {"video_id": "video7", "question": "who is there?", "answer": "nobody"},
+                ]
+            )
+        )
     else:
         _copy(clip, root / "all_test" / "v_abc.mp4")  # the annotation says "abc": no prefix, no extension
-        (root / "test_q.json").write_text(json.dumps([
-            {"question_id": "v_abc_0", "video_name": "abc", "question": "what is it"},
-            {"question_id": "v_abc_1", "video_name": "abc", "question": "is it dark"}]))
+        (root / "test_q.json").write_text(
+            json.dumps(
+                [
+                    {"question_id": "v_abc_0", "video_name": "abc", "question": "what is it"},
+                    {"question_id": "v_abc_1", "video_name": "abc", "question": "is it dark"},
+                ]
+            )
+        )
         (root / "test_a.json").write_text(json.dumps([{"answer": "screen", "type": 0}, {"answer": "yes", "type": 3}]))
     return root
 
 
 def fake_text(prompt: str) -> str:
     """Deterministic 'model output' for a prompt: an option letter answer or a short sentence, then junk
-    after '###' that the SPEC 7.0 cut must remove."""
+    after '###' that the docs/original.md §7.0 cut must remove."""
     h = int(hashlib.sha256(prompt.encode()).hexdigest(), 16)
     if prompt.rstrip().endswith("Best option:("):
         return f"{'ABC'[h % 3]}) something\nmore text###Human: ignored"

@@ -1,4 +1,5 @@
 """The config loader: defaults <- YAML (with _base_) <- overrides; unknown keys name the valid ones."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,13 +29,19 @@ def test_yaml_base_and_overrides(tmp_path):
     assert cfg == Outer(Inner("mean", 64), 1e-4, ["a", "b"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("model.vidoe_input=x", r"unknown key 'model.vidoe_input' \(did you mean video_input\?\); valid keys here: "
-                            r"video_input, frames"),
-    ("lrr=1", r"did you mean lr\?"),
-    ("model.frames=many", r"model.frames='many'"),
-    ("novalue", "not of the form key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            "model.vidoe_input=x",
+            r"unknown key 'model.vidoe_input' \(did you mean video_input\?\); valid keys here: "
+            r"video_input, frames",
+        ),
+        ("lrr=1", r"did you mean lr\?"),
+        ("model.frames=many", r"model.frames='many'"),
+        ("novalue", "not of the form key=value"),
+    ],
+)
 def test_bad_overrides_are_explained(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(Outer, None, [override])

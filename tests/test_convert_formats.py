@@ -1,4 +1,5 @@
 """Every accepted source layout -> the same converted model; every broken source -> an error that names the problem."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from stllm.models.checkpoint_io import CheckpointError, list_shards
-from stllm.models.convert import main as convert_main
-from stllm.models.keymap import KeyMappingError
+from stllm.checkpoints.convert import main as convert_main
+from stllm.checkpoints.io import CheckpointError, list_shards
+from stllm.checkpoints.keymap import KeyMappingError
 from stllm.models.modeling import StllmForConditionalGeneration
 from tests.helpers import REFERENCE as REF
 from tests.helpers import reference_config
@@ -39,8 +40,19 @@ def _config(tmp: Path) -> Path:
 
 def _convert(src: Path, out: Path, *extra: str) -> dict[str, torch.Tensor]:
     cfg = _config(out.parent)
-    args = ["--from-stllm", str(src), "--recipe", "qa", "--config", str(cfg), "--out", str(out), "--dtype", "float32",
-            "--no-tokenizer"]
+    args = [
+        "--from-stllm",
+        str(src),
+        "--recipe",
+        "qa",
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+        "--dtype",
+        "float32",
+        "--no-tokenizer",
+    ]
     assert convert_main(args + list(extra)) == 0
     model, info = StllmForConditionalGeneration.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
@@ -85,7 +97,7 @@ def test_every_layout_converts_identically(tmp_path: Path, original: dict, expec
     if layout == "bin_index":
         write_bin_shards(original, src)
     elif layout == "bin_no_index":
-        write_bin_shards(original, src, index=False)  # what the original's regex loader read (SPEC 6.3)
+        write_bin_shards(original, src, index=False)  # what the original's regex loader read (docs/original.md §6.3)
     elif layout == "bin_single":
         src.mkdir()
         torch.save(original, src / "pytorch_model.bin")  # a ZeRO-3 run's file, silently ignored by the original
@@ -105,13 +117,30 @@ def test_hf_instructblip_layout_is_a_training_start(tmp_path: Path, expected: di
     hf["qformer.embeddings.position_ids"] = torch.arange(512)[None]
     write_bin_shards(hf, src, n=2)
     out = tmp_path / "out"
-    assert convert_main(["--from-hf-instructblip", str(src), "--no-tokenizer", "--recipe", "qa", "--config", str(_config(tmp_path)),
-                         "--out", str(out), "--no-vit-fp16"]) == 0
+    assert (
+        convert_main(
+            [
+                "--from-hf-instructblip",
+                str(src),
+                "--no-tokenizer",
+                "--recipe",
+                "qa",
+                "--config",
+                str(_config(tmp_path)),
+                "--out",
+                str(out),
+                "--no-vit-fp16",
+            ]
+        )
+        == 0
+    )
     got = StllmForConditionalGeneration.from_pretrained(out, dtype=torch.float32).state_dict()
     for k in hf:
         if k in got:
             assert torch.equal(got[k], hf[k]), k
-    assert torch.equal(got["btadapter.spatial.2.layer.mlp.fc1.weight"], hf["vision_model.encoder.layers.3.mlp.fc1.weight"])
+    assert torch.equal(
+        got["btadapter.spatial.2.layer.mlp.fc1.weight"], hf["vision_model.encoder.layers.3.mlp.fc1.weight"]
+    )
     assert torch.count_nonzero(got["btadapter.temporal.1.temporal_fc.bias"]) == 0
 
 

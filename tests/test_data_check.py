@@ -1,4 +1,5 @@
 """`python -m stllm data check`: a good config passes, a broken one fails with a message naming the dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,8 +24,11 @@ def data_root(tmp_path_factory):
         write_video(root / "vids" / f"v{k}.mp4", n=12, fps=10)
     (root / "vids" / "corrupt.mp4").write_text("garbage")
     write_it_dataset(root, "good", [{"video": f"v{k}.mp4", "QA": QA} for k in range(2)])
-    write_it_dataset(root, "broken", [{"video": "v0.mp4", "QA": QA}, {"video": "corrupt.mp4", "QA": QA},
-                                      {"video": "missing.mp4", "QA": QA}])
+    write_it_dataset(
+        root,
+        "broken",
+        [{"video": "v0.mp4", "QA": QA}, {"video": "corrupt.mp4", "QA": QA}, {"video": "missing.mp4", "QA": QA}],
+    )
     return root
 
 
@@ -32,8 +36,10 @@ def write_config(path: Path, root: Path, names: list[str], required_broken: bool
     lines = [f"data_root: {root}", "anno_root: anno", "datasets:"]
     for name in names:
         req = "true" if (name != "broken" or required_broken) else "false"
-        lines.append(f"  - {{name: {name}, annotation: {name}.json, media_root: vids, media_type: video, "
-                     f"num_frames: 4, required: {req}}}")
+        lines.append(
+            f"  - {{name: {name}, annotation: {name}.json, media_root: vids, media_type: video, "
+            f"num_frames: 4, required: {req}}}"
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -63,8 +69,10 @@ def test_optional_broken_dataset_and_absent_annotation(data_root, tmp_path, caps
 def test_training_config_data_section_and_overrides(data_root, tmp_path):
     good = write_config(tmp_path / "plain.yaml", data_root, ["good"]).read_text()
     train = tmp_path / "train.yaml"
-    train.write_text("model: {anything: 1}\ntrain: {learning_rate: 2e-5}\ndata:\n"
-                     + "".join("  " + line + "\n" for line in good.splitlines()))
+    train.write_text(
+        "model: {anything: 1}\ntrain: {learning_rate: 2e-5}\ndata:\n"
+        + "".join("  " + line + "\n" for line in good.splitlines())
+    )
     assert check_main(["check", str(train), "data.on_bad_media=fail", "--sample", "1"]) == 0
     cfg = load_data_config(train, ["max_retries=2"])
     assert cfg.max_retries == 2 and cfg.datasets[0].name == "good"
@@ -76,9 +84,18 @@ def test_training_config_data_section_and_overrides(data_root, tmp_path):
 def test_repository_catalog_and_recipes_resolve():
     catalog = load_data_config(REPO / "configs" / "data" / "videochat2_it.yaml")
     names = {d.name for d in catalog.datasets}
-    bold = {"caption_videochat", "caption_webvid", "classification_k710", "classification_ssv2",
-            "conversation_videochat1", "caption_videochatgpt", "reasoning_next_qa", "reasoning_clevrer_qa",
-            "reasoning_clevrer_mc", "vqa_webvid_qa"}
+    bold = {
+        "caption_videochat",
+        "caption_webvid",
+        "classification_k710",
+        "classification_ssv2",
+        "conversation_videochat1",
+        "caption_videochatgpt",
+        "reasoning_next_qa",
+        "reasoning_clevrer_qa",
+        "reasoning_clevrer_mc",
+        "vqa_webvid_qa",
+    }
     assert bold <= names and len(names) == 37
     qa = load_data_config(REPO / "configs" / "data" / "stllm_qa.yaml", ["data_root=/data"])
     assert [d.num_frames for d in qa.datasets] == [16] * 7

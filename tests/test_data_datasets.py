@@ -1,4 +1,5 @@
 """InstructionDataset on a tiny VideoChat2-IT folder, bad-media policy, and the MetaLoader-style mixture sampler."""
+
 from __future__ import annotations
 
 import collections
@@ -25,20 +26,33 @@ def it_root(tmp_path_factory):
         write_video(root / "vids" / f"v{k}.mp4", n=20 + 10 * k, fps=10)
     write_image(root / "imgs" / "i0.png")
     (root / "vids" / "broken.mp4").write_text("not a video")
-    write_it_dataset(root, "vid", [
-        {"video": "v0.mp4", "QA": QA3},
-        {"video": "v1.mp4", "QA": [{"i": "", "q": "what?", "a": "this"}], "start": 0.5, "end": 2.0},
-        {"video": "v2.mp4", "QA": QA3},
-    ])
-    write_it_dataset(root, "bad", [{"video": "broken.mp4", "QA": QA3}, {"video": "gone.mp4", "QA": QA3},
-                                   {"video": "v0.mp4", "QA": QA3}, {"no_media": 1}])
+    write_it_dataset(
+        root,
+        "vid",
+        [
+            {"video": "v0.mp4", "QA": QA3},
+            {"video": "v1.mp4", "QA": [{"i": "", "q": "what?", "a": "this"}], "start": 0.5, "end": 2.0},
+            {"video": "v2.mp4", "QA": QA3},
+        ],
+    )
+    write_it_dataset(
+        root,
+        "bad",
+        [
+            {"video": "broken.mp4", "QA": QA3},
+            {"video": "gone.mp4", "QA": QA3},
+            {"video": "v0.mp4", "QA": QA3},
+            {"no_media": 1},
+        ],
+    )
     write_it_dataset(root, "img", [{"image": "i0.png", "QA": QA3}])
     return root
 
 
 def spec(name, media_root="vids", media_type="video", **kw):
-    return DatasetSpec(name=name, annotation=f"{name}.json", media_root=media_root, media_type=media_type,
-                       num_frames=4, **kw)
+    return DatasetSpec(
+        name=name, annotation=f"{name}.json", media_root=media_root, media_type=media_type, num_frames=4, **kw
+    )
 
 
 def make(root, name, **kw):
@@ -108,7 +122,8 @@ def test_missing_annotation(it_root):
         InstructionDataset(spec("nothere"), str(it_root), anno_root="anno")
 
 
-# ---- mixture sampler (SPEC 4.6, Q20) ----
+# ---- mixture sampler (docs/original.md §4.6, Q20) ----
+
 
 def dataset_of(index, sizes):
     bound = 0

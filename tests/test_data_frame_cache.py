@@ -1,4 +1,5 @@
 """DecodedVideoCache: cached reads return exactly the frames read_clip decodes; LRU budget; fallbacks; dataset use."""
+
 from __future__ import annotations
 
 import random
@@ -8,8 +9,8 @@ import pytest
 import torch
 
 import stllm.data.frame_cache as frame_cache
-from stllm.data.datasets import InstructionDataset
 from stllm.data.config import DatasetSpec
+from stllm.data.datasets import InstructionDataset
 from stllm.data.frame_cache import DecodedVideoCache
 from stllm.data.sampling import FrameSampling, frame_indices
 from stllm.data.video import HAVE_DECORD, MediaError, read_clip
@@ -33,8 +34,12 @@ def test_all_mode_is_every_frame_of_the_window():
 def test_cached_reads_equal_uncached_reads(videos, backend):
     _, paths = videos
     cache = DecodedVideoCache(max_mb=100)
-    samplings = [FrameSampling(num_frames=8, mode="rand"), FrameSampling(num_frames=5, mode="middle"),
-                 FrameSampling(num_frames=4, mode="rand", start=0.4, end=1.5), FrameSampling(num_frames=40)]
+    samplings = [
+        FrameSampling(num_frames=8, mode="rand"),
+        FrameSampling(num_frames=5, mode="middle"),
+        FrameSampling(num_frames=4, mode="rand", start=0.4, end=1.5),
+        FrameSampling(num_frames=40),
+    ]
     for round_ in range(2):  # the first round fills the cache, the second is served from it
         for k, path in enumerate(paths):
             for j, sampling in enumerate(samplings):
@@ -43,8 +48,12 @@ def test_cached_reads_equal_uncached_reads(videos, backend):
                 cached = cache.read(path, sampling, rng=random.Random(seed), backend=backend)
                 assert cached.indices == plain.indices
                 assert np.array_equal(cached.frames, plain.frames)
-                assert (cached.fps, cached.total_frames, cached.duration, cached.path) == \
-                    (plain.fps, plain.total_frames, plain.duration, plain.path)
+                assert (cached.fps, cached.total_frames, cached.duration, cached.path) == (
+                    plain.fps,
+                    plain.total_frames,
+                    plain.duration,
+                    plain.path,
+                )
                 assert [decode_index(f) for f in cached.frames] == cached.indices
     assert (cache.misses, len(cache)) == (3, 3) and cache.hits == 2 * 3 * 4 - 3
 
@@ -77,8 +86,10 @@ def test_bad_files_and_other_media_go_through_read_clip(videos, monkeypatch):
     with pytest.raises(MediaError, match="file not found"):
         cache.read(root / "nope.mp4", FrameSampling(num_frames=4))
     gif = write_gif(root / "a.gif")
-    assert cache.read(gif, FrameSampling(num_frames=3, mode="middle")).indices == \
-        read_clip(gif, FrameSampling(num_frames=3, mode="middle")).indices
+    assert (
+        cache.read(gif, FrameSampling(num_frames=3, mode="middle")).indices
+        == read_clip(gif, FrameSampling(num_frames=3, mode="middle")).indices
+    )
     assert len(cache) == 0  # GIFs are not cached
 
     # a file whose full decode fails (a corrupt tail, say) is read uncached, now and later
@@ -107,8 +118,15 @@ def test_dataset_with_cache_gives_the_same_samples(tmp_path):
     qa = [{"i": "", "q": "q", "a": "a"}]
     for k in range(2):
         write_video(tmp_path / "vids" / f"v{k}.mp4", n=24, fps=10)
-    write_it_dataset(tmp_path, "vid", [{"video": "v0.mp4", "QA": qa}, {"video": "v1.mp4", "QA": qa},
-                                       {"video": "v0.mp4", "QA": qa, "start": 0.5, "end": 1.8}])
+    write_it_dataset(
+        tmp_path,
+        "vid",
+        [
+            {"video": "v0.mp4", "QA": qa},
+            {"video": "v1.mp4", "QA": qa},
+            {"video": "v0.mp4", "QA": qa, "start": 0.5, "end": 1.8},
+        ],
+    )
     spec = DatasetSpec(name="vid", annotation="vid.json", media_root="vids", media_type="video", num_frames=6)
     plain = InstructionDataset(spec, str(tmp_path), anno_root="anno", image_size=32)
     cached = InstructionDataset(spec, str(tmp_path), anno_root="anno", image_size=32, cache_decoded_mb=50)

@@ -1,4 +1,5 @@
-"""Frame sampling: every mode against indices computed by hand from SPEC 4.4 / 7.1 / 7.2."""
+"""Frame sampling: every mode against indices computed by hand from docs/original.md §4.4 / 7.1 / 7.2."""
+
 from __future__ import annotations
 
 import random
@@ -15,7 +16,7 @@ def idx(total, video_fps=30.0, first_idx=0, rng=None, **kw):
 
 # (total frames, fps, sampling kwargs, expected indices, where it comes from)
 CASES = [
-    # SPEC 4.4 middle: linspace(0,10,5).astype(int) = [0,2,5,7,10] -> (b_k + b_{k+1}-1)//2
+    # docs/original.md §4.4 middle: linspace(0,10,5).astype(int) = [0,2,5,7,10] -> (b_k + b_{k+1}-1)//2
     (10, 30.0, dict(num_frames=4, mode="middle"), [0, 3, 5, 8]),
     (16, 30.0, dict(num_frames=16, mode="middle"), list(range(16))),
     # shorter than asked: n = vlen = 3 segments, padded with the last index
@@ -25,11 +26,11 @@ CASES = [
     (100, 30.0, dict(num_frames=4, mode="middle", fix_start=1), [1, 26, 51, 76]),
     # window [2 s, 4 s] at 30 fps: vlen = 60, offset 60
     (300, 30.0, dict(num_frames=4, mode="middle", start=2.0, end=4.0), [67, 82, 97, 112]),
-    # SPEC 7.1 load_video: seg = 9/4 = 2.25; round(4.5) = 4 (half to even), so not [1,3,6,8]
+    # docs/original.md §7.1 load_video: seg = 9/4 = 2.25; round(4.5) = 4 (half to even), so not [1,3,6,8]
     (10, 30.0, dict(num_frames=4, mode="uniform_middle"), [1, 3, 5, 8]),
     # fewer frames than asked: n = total, no padding (the eval loader returned fewer frames)
     (5, 30.0, dict(num_frames=8, mode="uniform_middle"), [0, 1, 2, 2, 3]),
-    # SPEC 7.2 get_index, fps-1 rule: 299/30 s -> 9 segments, seg = 299/9
+    # docs/original.md §7.2 get_index, fps-1 rule: 299/30 s -> 9 segments, seg = 299/9
     (300, 30.0, dict(num_frames=0, mode="mvbench"), [16, 49, 82, 116, 149, 182, 215, 249, 282]),
     # bound [1, 3.5] s: start_idx 30, end_idx 105, 2.5 s -> clamped to 4; round(37.5) = 38
     (300, 30.0, dict(num_frames=0, mode="mvbench", start=1.0, end=3.5), [39, 58, 77, 95]),
@@ -71,7 +72,7 @@ def test_fps_mode_capped_at_max_frames():
 
 
 def test_rand_never_takes_last_frame_of_a_segment():
-    # SPEC Q15: range(b_k, b_{k+1}-1); boundaries [0, 25, 50, 75, 100]
+    # docs/faithfulness.md Q15: range(b_k, b_{k+1}-1); boundaries [0, 25, 50, 75, 100]
     seen = set()
     for seed in range(300):
         out = idx(100, rng=random.Random(seed), num_frames=4, mode="rand")

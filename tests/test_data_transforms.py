@@ -1,4 +1,5 @@
 """Training / evaluation transforms: shapes, CLIP normalisation, one crop for all frames, seeded determinism."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,8 +69,11 @@ def test_normalisation_values():
     frames = np.zeros((1, 8, 8, 3), np.uint8)
     frames[..., 0], frames[..., 1], frames[..., 2] = 0, 255, 128
     out = EvalTransform(8)(frames)
-    expected = [(0 - CLIP_MEAN[0]) / CLIP_STD[0], (1 - CLIP_MEAN[1]) / CLIP_STD[1],
-                (128 / 255 - CLIP_MEAN[2]) / CLIP_STD[2]]
+    expected = [
+        (0 - CLIP_MEAN[0]) / CLIP_STD[0],
+        (1 - CLIP_MEAN[1]) / CLIP_STD[1],
+        (128 / 255 - CLIP_MEAN[2]) / CLIP_STD[2],
+    ]
     for c in range(3):
         assert torch.allclose(out[0, c], torch.full((8, 8), expected[c]), atol=1e-5)
 

@@ -1,4 +1,5 @@
 """read_clip: decord vs PyAV on real and self-drawn videos, GIFs, frame folders, images, and every bad input."""
+
 from __future__ import annotations
 
 import logging
@@ -8,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.data_media import decode_index, write_frame_folder, write_gif, write_image, write_video
 from stllm.data import video as video_mod
 from stllm.data.sampling import FrameSampling
 from stllm.data.video import MediaError, read_clip
+from tests.data_media import decode_index, write_frame_folder, write_gif, write_image, write_video
 
 SHARED_VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"
 needs_decord = pytest.mark.skipif(not video_mod.HAVE_DECORD, reason="decord is not installed")
@@ -78,7 +79,7 @@ def test_gif(media):
 def test_frame_folder_one_based_mvbench(media):
     clip = read_clip(media["frames"], FrameSampling(num_frames=0, mode="mvbench"), folder_fps=3.0)
     assert clip.media_type == "frames" and clip.total_frames == 20 and clip.fps == 3.0
-    assert clip.indices == [1, 4, 7, 11, 14, 17]  # SPEC 7.2 on a 1-based %05d.jpg folder
+    assert clip.indices == [1, 4, 7, 11, 14, 17]  # docs/original.md §7.2 on a 1-based %05d.jpg folder
     assert [decode_index(f) for f in clip.frames] == clip.indices  # position i holds file number i+1
 
 
@@ -184,7 +185,7 @@ def test_auto_backend_falls_back_to_pyav_where_decord_fails(tmp_path):
     """decord 0.6 cannot copy out 48x48 H.264 frames ("size must exactly match"); auto mode reads them with PyAV."""
     import numpy as np
 
-    from stllm.synthetic import write_mp4
+    from stllm.quickstart.drawing import write_mp4
 
     path = tmp_path / "small.mp4"
     frames = np.random.default_rng(0).integers(0, 255, (8, 48, 48, 3), dtype=np.uint8)

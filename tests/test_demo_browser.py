@@ -4,6 +4,7 @@ The screenshot is saved as test-artifacts/demo_gradio_browser.png. Skipped where
 (`apt-get install -y --no-install-recommends chromium`). The DevTools client is a minimal RFC 6455 websocket
 client on the standard library (no websocket package is installed in the venv).
 """
+
 from __future__ import annotations
 
 import base64
@@ -23,16 +24,25 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-import demo_gradio  # noqa: E402
-from stllm.chat import Chat, ChatEngine, ChatSettings  # noqa: E402
+from stllm.demo import web as demo_gradio  # noqa: E402
+from stllm.demo.engine import Chat, ChatEngine, ChatSettings  # noqa: E402
 from tests.data_media import write_video  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1280,1100", "--remote-debugging-port=0"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1280,1100",
+    "--remote-debugging-port=0",
+]
 SETTINGS = dict(num_frames=4, num_beams=1, max_new_tokens=12)
 QUESTION = "what is happening in the video?"
 
@@ -44,9 +54,12 @@ class DevTools:
         u = urllib.parse.urlparse(ws_url)
         self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n")
-                          .encode())
+        self.sock.sendall(
+            (
+                f"GET {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
             self.buf += self._chunk()
@@ -91,9 +104,13 @@ class DevTools:
         self.last_id += 1
         payload = json.dumps({"id": self.last_id, "method": method, "params": params}).encode()
         n, mask = len(payload), os.urandom(4)
-        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else
-                                bytes([0x80 | 126]) + struct.pack(">H", n) if n < 65536 else
-                                bytes([0x80 | 127]) + struct.pack(">Q", n))
+        head = bytes([0x81]) + (
+            bytes([0x80 | n])
+            if n < 126
+            else bytes([0x80 | 126]) + struct.pack(">H", n)
+            if n < 65536
+            else bytes([0x80 | 127]) + struct.pack(">Q", n)
+        )
         self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
         while True:
             msg = json.loads(self._message())
@@ -136,8 +153,11 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[A-Za-z0-9]{2,}", text)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
-                    "(apt-get install -y --no-install-recommends chromium); the real-browser test needs it")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed "
+    "(apt-get install -y --no-install-recommends chromium); the real-browser test needs it",
+)
 def test_browser_upload_ask_answer_appears(tiny_model_dir, tmp_path):
     engine = ChatEngine.from_pretrained(tiny_model_dir)
     video = write_video(tmp_path / "drawn.mp4", n=30)
@@ -149,24 +169,30 @@ def test_browser_upload_ask_answer_appears(tiny_model_dir, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                       ssr_mode=False)
+    app.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
     user_dir = tmp_path / "chromium-profile"
     user_dir.mkdir()
-    proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={user_dir}", app.local_url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={user_dir}", app.local_url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         cdp = DevTools(_page_websocket(user_dir, proc))
-        cdp.wait_for("!!document.querySelector('#upload-btn') && !!document.querySelector('#video input[type=file]')",
-                     "the page to render")
+        cdp.wait_for(
+            "!!document.querySelector('#upload-btn') && !!document.querySelector('#video input[type=file]')",
+            "the page to render",
+        )
         root = cdp.call("DOM.getDocument")["root"]["nodeId"]
         node = cdp.call("DOM.querySelector", nodeId=root, selector="#video input[type=file]")["nodeId"]
         cdp.call("DOM.setFileInputFiles", nodeId=node, files=[str(video)])
         cdp.wait_for("!!document.querySelector('#video video')", "the uploaded video to show")
         cdp.js("document.querySelector('#upload-btn').click()")
         cdp.wait_for("document.querySelector('#status').innerText.includes('Video ready')", "the video to load")
-        cdp.js("const t = document.querySelector('#question textarea'); "
-               f"t.value = {json.dumps(QUESTION)}; t.dispatchEvent(new Event('input', {{bubbles: true}}))")
+        cdp.js(
+            "const t = document.querySelector('#question textarea'); "
+            f"t.value = {json.dumps(QUESTION)}; t.dispatchEvent(new Event('input', {{bubbles: true}}))"
+        )
         cdp.js("document.querySelector('#ask-btn').click()")
         cdp.wait_for("document.querySelector('#status').innerText.includes('Turn 1 answered')", "the answer")
         time.sleep(0.5)  # let the last chatbot update paint

@@ -1,4 +1,5 @@
-"""Chat engine: prompts (SPEC 7.3, Q12), encode once, streaming, the evaluation decoding path, threads, MiniGPT-4."""
+"""Chat engine: prompts (docs/original.md §7.3, Q12), encode once, streaming, the evaluation decoding path, threads, MiniGPT-4."""
+
 from __future__ import annotations
 
 import copy
@@ -8,12 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from stllm.chat import (SYSTEM_INSTRUCTBLIP, SYSTEM_MINIGPT4, Chat, ChatEngine, ChatSettings, TokenStreamer,
-                        partial_answer)
-from stllm.data.video import MediaError
-from stllm.eval.config import PromptConfig
 from stllm.eval.generate import answer as eval_answer
+
+from stllm.data.video import MediaError
+from stllm.demo.engine import (
+    SYSTEM_INSTRUCTBLIP,
+    SYSTEM_MINIGPT4,
+    Chat,
+    ChatEngine,
+    ChatSettings,
+    TokenStreamer,
+    partial_answer,
+)
+from stllm.eval.config import PromptConfig
 from stllm.eval.prompts import build_prompt
 from tests.helpers import VIDEOS, need
 
@@ -36,13 +44,16 @@ def test_prompts_first_turn_equals_evaluation_then_history(engine, video):
     eval_cfg = PromptConfig(style="chat", system=SYSTEM_INSTRUCTBLIP, use_system=True)
     assert chat.build_prompt("what is it?") == build_prompt("what is it?", eval_cfg)
     chat.history = [("q1", "a1"), ("q2", "a2")]
-    assert chat.build_prompt("q3") == (f"<ImageHere>{SYSTEM_INSTRUCTBLIP}###Human: q1 ###Assistant: a1"
-                                       "###Human: q2 ###Assistant: a2###Human: q3 ###Assistant: ")
+    assert chat.build_prompt("q3") == (
+        f"<ImageHere>{SYSTEM_INSTRUCTBLIP}###Human: q1 ###Assistant: a1"
+        "###Human: q2 ###Assistant: a2###Human: q3 ###Assistant: "
+    )
     chat.settings.single_turn = True  # the original get_context_emb_sim: current question only
     assert chat.build_prompt("q3") == build_prompt("q3", eval_cfg)
-    chat.settings.single_turn, chat.settings.double_wrap = True, True  # SPEC Q12 reproduced on request
-    assert chat.build_prompt("q") == (f"<ImageHere>{SYSTEM_INSTRUCTBLIP}###Human: ###Human: q ###Assistant:  "
-                                      "###Assistant: ")
+    chat.settings.single_turn, chat.settings.double_wrap = True, True  # docs/faithfulness.md Q12 reproduced on request
+    assert chat.build_prompt("q") == (
+        f"<ImageHere>{SYSTEM_INSTRUCTBLIP}###Human: ###Human: q ###Assistant:  ###Assistant: "
+    )
     nosys = Chat(engine, fast(use_system=False))
     assert nosys.build_prompt("q") == "<ImageHere>###Human: q ###Assistant: "
 
@@ -51,16 +62,21 @@ def test_video_encoded_once_per_upload_and_answers_are_the_eval_path(engine, vid
     chat = Chat(engine, fast())
     chat.load_video(video)
     before = engine.encode_count
-    assert chat.encode_count == 0  # encoded lazily with the first question as Q-Former text (SPEC Q28)
+    assert chat.encode_count == 0  # encoded lazily with the first question as Q-Former text (docs/faithfulness.md Q28)
     first = chat.ask("what is happening in the video?")
     second = chat.ask("and then?")
     assert chat.encode_count == 1 and engine.encode_count == before + 1
     assert [q for q, _ in chat.history] == ["what is happening in the video?", "and then?"]
     # the first answer is exactly what evaluation's decoding path returns for this prompt and Q-Former text
     gen = chat.settings.generation()
-    want = eval_answer(engine.model, engine.processor, chat.pixel_values[None],
-                       [chat.build_prompt("what is happening in the video?", history=[])],
-                       ["what is happening in the video?"], gen)
+    want = eval_answer(
+        engine.model,
+        engine.processor,
+        chat.pixel_values[None],
+        [chat.build_prompt("what is happening in the video?", history=[])],
+        ["what is happening in the video?"],
+        gen,
+    )
     assert first == want[0]
     assert isinstance(second, str)
     chat.reset()
@@ -115,7 +131,7 @@ def test_partial_answer_and_streamer():
 
     s = TokenStreamer(Proc())
     s.put(torch.zeros(1, 0, dtype=torch.long))  # the prompt: skipped
-    for i in (1, 3, 4, 5):  # a leading <s> (id 1) is dropped, as SPEC 7.0's post-processing does
+    for i in (1, 3, 4, 5):  # a leading <s> (id 1) is dropped, as docs/original.md §7.0's post-processing does
         s.put(torch.tensor([i]))
     s.end()
     s.close()
@@ -182,15 +198,16 @@ def test_shared_real_video(engine):
 
 
 def test_minigpt4_base_template(tmp_path, video):
-    from stllm.tiny import build_tiny_model_dir
+    from stllm.testing import build_tiny_model_dir
 
     eng = ChatEngine.from_pretrained(build_tiny_model_dir(tmp_path / "m4", qformer_text_input=False))
     chat = Chat(eng, fast())
     chat.load_video(video)
     assert chat.encode_count == 1  # no Q-Former text: encoded at upload
     chat.history = [("q1", "a1")]
-    assert chat.build_prompt("q2") == (f"{SYSTEM_MINIGPT4}###Human: <Video><ImageHere></Video> q1###Assistant: a1"
-                                       "###Human: q2###Assistant: ")
+    assert chat.build_prompt("q2") == (
+        f"{SYSTEM_MINIGPT4}###Human: <Video><ImageHere></Video> q1###Assistant: a1###Human: q2###Assistant: "
+    )
     chat.reset()
     chat.ask("what is it?")
     chat.ask("and?")

@@ -1,4 +1,5 @@
 """demo.py: one-shot and interactive (subprocess with piped stdin), commands, one-line errors for bad input."""
+
 from __future__ import annotations
 
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import demo
+from stllm.demo import terminal as demo
 from tests.data_media import write_video
 from tests.helpers import VIDEOS, need
 
@@ -21,8 +22,14 @@ def video(tmp_path_factory):
 
 
 def _run(args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "demo.py"), *args], input=stdin, capture_output=True,
-                          text=True, cwd=REPO, timeout=180)
+    return subprocess.run(
+        [sys.executable, str(REPO / "demo.py"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=180,
+    )
 
 
 def test_one_shot_subprocess_prints_the_answer(tiny_model_dir, video):
@@ -31,7 +38,7 @@ def test_one_shot_subprocess_prints_the_answer(tiny_model_dir, video):
     assert "Traceback" not in res.stderr
     out = res.stdout.rstrip("\n")
     # the same answer as the library gives for the same settings (streamed printing loses nothing)
-    from stllm.chat import Chat, ChatEngine, ChatSettings
+    from stllm.demo.engine import Chat, ChatEngine, ChatSettings
 
     chat = Chat(ChatEngine.from_pretrained(tiny_model_dir), ChatSettings(num_frames=4, num_beams=1, max_new_tokens=10))
     chat.load_video(video)
@@ -40,17 +47,36 @@ def test_one_shot_subprocess_prints_the_answer(tiny_model_dir, video):
 
 def test_interactive_subprocess_multi_turn_with_commands(tiny_model_dir, video):
     shared = need(VIDEOS) / "driving.mp4"
-    lines = ["what is happening?", "and after that?", "/frames 2", "/beams 2", "/temperature 0", "one more?",
-             "/reset", f"/video {video}", "/video /no/such/file.mp4", "/frobnicate", "/help",
-             "what now?", "/quit", "never asked"]
+    lines = [
+        "what is happening?",
+        "and after that?",
+        "/frames 2",
+        "/beams 2",
+        "/temperature 0",
+        "one more?",
+        "/reset",
+        f"/video {video}",
+        "/video /no/such/file.mp4",
+        "/frobnicate",
+        "/help",
+        "what now?",
+        "/quit",
+        "never asked",
+    ]
     res = _run(["--model", str(tiny_model_dir), "--video", str(shared), *FAST], stdin="\n".join(lines) + "\n")
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stdout + res.stderr
     out = res.stdout
     assert out.count("ST-LLM: ") == 4  # four questions answered, none after /quit
-    for expected in ("frames = 2", "beams = 2", "conversation cleared", f"loaded {video}",
-                     "error: /no/such/file.mp4: file not found", "error: unknown command /frobnicate",
-                     "/video PATH"):
+    for expected in (
+        "frames = 2",
+        "beams = 2",
+        "conversation cleared",
+        f"loaded {video}",
+        "error: /no/such/file.mp4: file not found",
+        "error: unknown command /frobnicate",
+        "/video PATH",
+    ):
         assert expected in out
 
 
@@ -72,7 +98,7 @@ def test_main_one_shot_in_process(tiny_model_dir, capsys):
 
 
 def test_run_command_validation(tiny_model_dir, video):
-    from stllm.chat import Chat, ChatEngine, ChatSettings
+    from stllm.demo.engine import Chat, ChatEngine, ChatSettings
 
     chat = Chat(ChatEngine.from_pretrained(tiny_model_dir), ChatSettings(num_frames=4))
     chat.load_video(video)

@@ -1,4 +1,5 @@
 """demo_gradio.py through gradio_client on 127.0.0.1: upload, streamed turns, reset, bad uploads, two users."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,8 @@ import pytest
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-import demo_gradio  # noqa: E402
-from stllm.chat import ChatSettings  # noqa: E402
+from stllm.demo import web as demo_gradio  # noqa: E402
+from stllm.demo.engine import ChatSettings  # noqa: E402
 from tests.helpers import VIDEOS, need  # noqa: E402
 
 FRAMES, BEAMS, TEMP, SAMPLE, MAX_NEW = 4, 1, 1.0, False, 12
@@ -27,8 +28,14 @@ def free_port() -> int:
 def server(engine):
     defaults = ChatSettings(num_frames=FRAMES, num_beams=BEAMS, max_new_tokens=MAX_NEW)
     app = demo_gradio.build_app(engine, [], defaults, max_upload_mb=50)
-    app.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
-                       show_error=True, ssr_mode=False)
+    app.queue().launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        show_error=True,
+        ssr_mode=False,
+    )
     yield app
     app.close()
 

@@ -1,4 +1,5 @@
-"""Readers of each official annotation layout (SPEC 7.2-7.4) on tiny folders written by the tests."""
+"""Readers of each official annotation layout (docs/original.md §7.2-7.4) on tiny folders written by the tests."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stllm.config import load_config
-from stllm.eval.benchmarks import BenchmarkDataError, load_items
 from stllm.eval.config import EvalConfig
+from stllm.eval.protocols import BenchmarkDataError, load_items
 from tests.eval_layouts import CONFIGS, build_mcqa, build_open_qa, build_vcgbench
 
 
@@ -24,7 +25,10 @@ def test_mvbench_layout(tmp_path: Path) -> None:
     first = items[0]
     assert first.id == "action_sequence/0" and first.task == "Action Sequence"
     assert (first.start, first.end) == (0.5, 2.5) and first.answer == "(A) walking"
-    assert first.question == "Question: What happens in Action Sequence 0?\nOptions:\n(A) walking\n(B) running\n(C) sitting"
+    assert (
+        first.question
+        == "Question: What happens in Action Sequence 0?\nOptions:\n(A) walking\n(B) running\n(C) sitting"
+    )
     episodic = [i for i in items if i.task == "Episodic Reasoning"]
     assert episodic[0].media_type == "frame" and episodic[0].media_fps == 3 and Path(episodic[0].video).is_dir()
     assert all(Path(i.video).exists() for i in items)
@@ -71,13 +75,14 @@ def test_vcgbench_layout_and_q29(tmp_path: Path) -> None:
     rows[0]["video_name"] = "missing"
     (tmp_path / "Benchmarking_QA" / "temporal_qa.json").write_text(json.dumps(rows))
     fixed = load_items(_cfg("vcgbench.yaml", tmp_path))
-    assert not Path(fixed[2].video).exists()  # SPEC Q29 fix: fails later as a counted MediaError
+    assert not Path(fixed[2].video).exists()  # docs/faithfulness.md Q29 fix: fails later as a counted MediaError
     legacy = load_items(_cfg("vcgbench.yaml", tmp_path, "vcgbench_keep_previous_video=true"))
     assert legacy[2].video == legacy[1].video  # the original's stale path
 
 
-@pytest.mark.parametrize("layout,config", [("msvd", "msvd_qa.yaml"), ("msrvtt", "msrvtt_qa.yaml"),
-                                           ("anet", "anet_qa.yaml")])
+@pytest.mark.parametrize(
+    "layout,config", [("msvd", "msvd_qa.yaml"), ("msrvtt", "msrvtt_qa.yaml"), ("anet", "anet_qa.yaml")]
+)
 def test_open_qa_layouts(tmp_path: Path, layout: str, config: str) -> None:
     build_open_qa(tmp_path, layout)
     items = load_items(_cfg(config, tmp_path))
@@ -91,6 +96,6 @@ def test_open_qa_layouts(tmp_path: Path, layout: str, config: str) -> None:
 def test_anet_extension_switch(tmp_path: Path) -> None:
     build_open_qa(tmp_path, "anet")
     strict = load_items(_cfg("anet_qa.yaml", tmp_path, "anet_try_extensions=false"))
-    assert strict[0].video.endswith("all_test/v_abc")  # SPEC Q10: the original's path (no extension)
+    assert strict[0].video.endswith("all_test/v_abc")  # docs/faithfulness.md Q10: the original's path (no extension)
     with pytest.raises(BenchmarkDataError, match="test_a.json"):
         load_items(_cfg("anet_qa.yaml", tmp_path, "answer_file=nope/test_a.json"))

@@ -1,4 +1,5 @@
 """The judge client and phase 2 against a real OpenAI-compatible HTTP server on 127.0.0.1 (http.server thread)."""
+
 from __future__ import annotations
 
 import json
@@ -6,16 +7,17 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
+from stllm.eval.run import run
 
 from stllm.config import load_config
 from stllm.eval.config import EvalConfig, JudgeConfig, JudgePrompt
 from stllm.eval.judge import JudgeClient, build_messages
-from stllm.eval.run import run
 from stllm.eval.score import main as score_main
 from tests.eval_layouts import CONFIGS, build_mcqa, build_open_qa, build_vcgbench, fake_answerer
 
@@ -83,8 +85,9 @@ def server() -> Iterator[str]:
 
 
 def _client(url: str, tmp_path: Path, **kw: Any) -> JudgeClient:
-    cfg = JudgeConfig(base_url=url, model="judge-x", backoff=0.01, max_backoff=0.2, timeout=0.3, max_retries=2,
-                      concurrency=4, **kw)
+    cfg = JudgeConfig(
+        base_url=url, model="judge-x", backoff=0.01, max_backoff=0.2, timeout=0.3, max_retries=2, concurrency=4, **kw
+    )
     return JudgeClient(cfg, KEY, tmp_path / "cache")
 
 
@@ -95,8 +98,18 @@ def _msgs(pred: str) -> list[dict[str, str]]:
 def test_retries_failures_and_cache(server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     client = _client(server, tmp_path)
-    cases = ["fine", "MODE=e500:2", "MODE=e429:1", "MODE=slow:1", "MODE=badjson:1", "MODE=noscore:1",
-             "MODE=prose:0", "MODE=e500:5", "MODE=always:0", "MODE=e403:0"]
+    cases = [
+        "fine",
+        "MODE=e500:2",
+        "MODE=e429:1",
+        "MODE=slow:1",
+        "MODE=badjson:1",
+        "MODE=noscore:1",
+        "MODE=prose:0",
+        "MODE=e500:5",
+        "MODE=always:0",
+        "MODE=e403:0",
+    ]
     verdicts = client.judge_many([(_msgs(c), ["score"]) for c in cases])
     got = {c: (v.result, v.error is None, v.attempts) for c, v in zip(cases, verdicts)}
     assert got["fine"] == ({"score": 3}, True, 1)
@@ -136,13 +149,21 @@ def _phase1(cfg_name: str, root: Path, out: Path) -> Path:
     return out / "predictions.jsonl"
 
 
-def test_score_open_qa_end_to_end(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_score_open_qa_end_to_end(
+    server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     monkeypatch.setenv("STLLM_TEST_JUDGE_KEY", KEY)
     caplog.set_level(logging.DEBUG)
     pred = _phase1("anet_qa.yaml", build_open_qa(tmp_path / "anet", "anet"), tmp_path / "out")
-    args = [str(pred), "--judge-base-url", server, "--judge-model", "judge-x", "judge.api_key_env=STLLM_TEST_JUDGE_KEY",
-            "judge.backoff=0.01"]
+    args = [
+        str(pred),
+        "--judge-base-url",
+        server,
+        "--judge-model",
+        "judge-x",
+        "judge.api_key_env=STLLM_TEST_JUDGE_KEY",
+        "judge.backoff=0.01",
+    ]
     assert score_main(args) == 0
     first = len(FakeJudge.requests)
     res = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -164,11 +185,16 @@ def test_score_vcgbench_end_to_end(server: str, tmp_path: Path, monkeypatch: pyt
     res = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(FakeJudge.requests) == 2 * 3 + 1 + 1  # generic x3 aspects, temporal, consistency
     assert {k: a["judged"] for k, a in res["metrics"]["aspects"].items()} == {
-        "correctness": 2, "detail": 2, "context": 2, "temporal": 1, "consistency": 1}
+        "correctness": 2,
+        "detail": 2,
+        "context": 2,
+        "temporal": 1,
+        "consistency": 1,
+    }
     assert res["metrics"]["mean"] == 3.0 and res["judge"]["model"] == "gpt-3.5-turbo"
     consistency = [r for r in FakeJudge.requests if "Question 1:" in r["body"]["messages"][1]["content"]][0]
     user = consistency["body"]["messages"][1]["content"]
-    assert "Question 1: Is it bright?\nQuestion 2: Is it bright?\n" in user  # SPEC Q9 kept by default
+    assert "Question 1: Is it bright?\nQuestion 2: Is it bright?\n" in user  # docs/faithfulness.md Q9 kept by default
     assert score_main([str(pred), "--judge-base-url", server, "judge.consistency_judge_q1_twice=false"]) == 0
     assert "Question 2: Is the screen light?" in FakeJudge.requests[-1]["body"]["messages"][1]["content"]
     assert "| **mean** | 3.00 |" in (tmp_path / "out" / "results.md").read_text()

@@ -1,4 +1,5 @@
 """Phase 1: predictions.jsonl written as it goes, resumable after a real kill, identical under 2 torchrun ranks."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
+from stllm.eval.run import main as eval_main
+from stllm.eval.run import run
 
 from stllm.config import load_config
 from stllm.eval.config import EvalConfig
-from stllm.eval.run import main as eval_main
-from stllm.eval.run import run
-from stllm.eval.runner import read_records
+from stllm.eval.predict import read_records
 from tests.eval_layouts import CONFIGS, REPO, build_mcqa, build_vcgbench, fake_answerer
 
 DRIVER = """
@@ -67,7 +68,12 @@ def test_records(reference: list[str]) -> None:
     recs = [json.loads(line) for line in reference]
     assert [r["index"] for r in recs] == list(range(20))
     first = recs[0]
-    assert first["frame_indices"] == [6, 10, 14, 18]  # SPEC 7.2 get_index: 24 frames @ 8 fps, bound 0.5-2.5 s
+    assert first["frame_indices"] == [
+        6,
+        10,
+        14,
+        18,
+    ]  # docs/original.md §7.2 get_index: 24 frames @ 8 fps, bound 0.5-2.5 s
     assert first["prompt"].startswith("<ImageHere>###Human: Carefully watch") and first["pred"].startswith("(")
     assert first["raw"].count("###") == 1 and "###" not in first["pred"] and "\n" not in first["pred"]
     episodic = next(r for r in recs if r["task"] == "Episodic Reasoning")
@@ -91,8 +97,14 @@ def test_real_kill_and_resume(mv_root: Path, reference: list[str], tmp_path: Pat
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     out = tmp_path / "out"
-    args = [sys.executable, str(driver), str(CONFIGS / "mvbench.yaml"), "0.15", f"data_root={mv_root}",
-            f"output_dir={out}"]
+    args = [
+        sys.executable,
+        str(driver),
+        str(CONFIGS / "mvbench.yaml"),
+        "0.15",
+        f"data_root={mv_root}",
+        f"output_dir={out}",
+    ]
     proc = subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pred = out / "predictions.jsonl"
     deadline = time.time() + 60
@@ -102,8 +114,9 @@ def test_real_kill_and_resume(mv_root: Path, reference: list[str], tmp_path: Pat
     proc.wait(timeout=30)
     written = len(read_records(pred))
     assert 5 <= written < 20, written
-    done = subprocess.run(args[:3] + ["0"] + args[4:], cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        args[:3] + ["0"] + args[4:], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert _lines(pred) == reference
 
@@ -138,8 +151,20 @@ def test_torchrun_two_ranks_match_one(mv_root: Path, reference: list[str], tmp_p
     driver.write_text(DRIVER)
     out = tmp_path / "out"
     port = 29500 + os.getpid() % 2000
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(driver), str(CONFIGS / "mvbench.yaml"), "0", f"data_root={mv_root}", f"output_dir={out}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        str(driver),
+        str(CONFIGS / "mvbench.yaml"),
+        "0",
+        f"data_root={mv_root}",
+        f"output_dir={out}",
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _lines(out / "predictions.jsonl") == reference
@@ -149,21 +174,44 @@ def test_torchrun_two_ranks_match_one(mv_root: Path, reference: list[str], tmp_p
 
 def test_tiny_model_end_to_end(tiny_model_dir: Path, mv_root: Path, tmp_path: Path) -> None:
     """The real model + processor through the CLI; batching (left padding) gives the same greedy answers."""
-    common = [f"data_root={mv_root}", "frames.size=28", "frames.num_frames=4", "limit=2",
-              "generation.max_new_tokens=4"]
+    common = [f"data_root={mv_root}", "frames.size=28", "frames.num_frames=4", "limit=2", "generation.max_new_tokens=4"]
     outs = {}
     for bs in (1, 2):
         out = tmp_path / f"bs{bs}"
-        assert eval_main([str(CONFIGS / "mvbench.yaml"), "--model", str(tiny_model_dir), f"output_dir={out}",
-                          f"batch_size={bs}", *common]) == 0
+        assert (
+            eval_main(
+                [
+                    str(CONFIGS / "mvbench.yaml"),
+                    "--model",
+                    str(tiny_model_dir),
+                    f"output_dir={out}",
+                    f"batch_size={bs}",
+                    *common,
+                ]
+            )
+            == 0
+        )
         outs[bs] = [(r["raw"], r["pred"]) for r in read_records(out / "predictions.jsonl")]
     assert outs[1] == outs[2] and len(outs[1]) == 2 and all(p.startswith("(") for _, p in outs[1])
     info = json.loads((tmp_path / "bs1" / "run_info.json").read_text())
     assert info["model"] == str(tiny_model_dir) and info["code_version"]["stllm"]
     vcg = build_vcgbench(tmp_path / "vcg")
     out = tmp_path / "vcg_out"
-    assert eval_main([str(CONFIGS / "vcgbench.yaml"), "--model", str(tiny_model_dir), f"data_root={vcg}",
-                      f"output_dir={out}", "frames.size=28", "frames.num_frames=4", "generation.max_new_tokens=3",
-                      "generation.max_length=60"]) == 0
+    assert (
+        eval_main(
+            [
+                str(CONFIGS / "vcgbench.yaml"),
+                "--model",
+                str(tiny_model_dir),
+                f"data_root={vcg}",
+                f"output_dir={out}",
+                "frames.size=28",
+                "frames.num_frames=4",
+                "generation.max_new_tokens=3",
+                "generation.max_length=60",
+            ]
+        )
+        == 0
+    )
     recs = read_records(out / "predictions.jsonl")
     assert len(recs) == 4 and "pred2" in recs[3] and recs[3]["prompt2"].endswith("Is the screen light? ###Assistant: ")

@@ -1,18 +1,19 @@
-"""Option matching, aggregation, prompt strings and protocol YAMLs against SPEC 7.0-7.5 (pure, fast)."""
+"""Option matching, aggregation, prompt strings and protocol YAMLs against docs/original.md §7.0-7.5 (pure, fast)."""
+
 from __future__ import annotations
 
 import pytest
-from tests.eval_layouts import CONFIGS
 
 from stllm.config import load_config
 from stllm.eval.config import EvalConfig, PromptConfig, validate
 from stllm.eval.judge import build_messages, parse_reply
+from stllm.eval.metrics import check_ans, check_ans_strict, score_mcqa, score_open_qa, score_vcgbench
 from stllm.eval.prompts import build_prompt, mcqa_prediction, mcqa_question, postprocess, strip_leading_special
-from stllm.eval.scoring import check_ans, check_ans_strict, score_mcqa, score_open_qa, score_vcgbench
+from tests.eval_layouts import CONFIGS
 
 GT = "(A) walking slowly."
 
-# (prediction, loose match per SPEC 7.2 check_ans, strict match)
+# (prediction, loose match per docs/original.md §7.2 check_ans, strict match)
 MATCH_CASES = [
     ("(A) walking slowly.", True, True),
     ("(a", True, False),  # substring of "(a)"
@@ -36,10 +37,13 @@ def test_check_ans_table(pred: str, loose: bool, strict: bool) -> None:
 
 
 def test_score_mcqa_total_vs_macro_and_errors() -> None:
-    recs = [{"task": "t1", "pred": "(A) x", "answer": "(A) x"}, {"task": "t1", "pred": "(", "answer": "(B) y"},
-            {"task": "t1", "pred": "(C) z", "answer": "(B) y"},
-            {"task": "t2", "pred": "(B) y", "answer": "(A) x"},
-            {"task": "t2", "id": "bad", "error": "MediaError: x"}]
+    recs = [
+        {"task": "t1", "pred": "(A) x", "answer": "(A) x"},
+        {"task": "t1", "pred": "(", "answer": "(B) y"},
+        {"task": "t1", "pred": "(C) z", "answer": "(B) y"},
+        {"task": "t2", "pred": "(B) y", "answer": "(A) x"},
+        {"task": "t2", "id": "bad", "error": "MediaError: x"},
+    ]
     m = score_mcqa(recs)
     assert m["tasks"]["t1"]["correct"] == 2 and m["tasks"]["t1"]["strict_correct"] == 1
     assert m["tasks"]["t2"]["total"] == 1 and m["item_errors"] == 1
@@ -49,8 +53,14 @@ def test_score_mcqa_total_vs_macro_and_errors() -> None:
 
 
 def test_score_open_qa_original_rule() -> None:
-    verdicts = [{"pred": "yes", "score": 5}, {"pred": "No", "score": 1}, {"pred": "maybe", "score": 3},
-                {"pred": "yes, no", "score": "4"}, {"pred": "nope", "score": 2.8}, None]
+    verdicts = [
+        {"pred": "yes", "score": 5},
+        {"pred": "No", "score": 1},
+        {"pred": "maybe", "score": 3},
+        {"pred": "yes, no", "score": "4"},
+        {"pred": "nope", "score": 2.8},
+        None,
+    ]
     m = score_open_qa(verdicts)
     assert (m["yes"], m["no"], m["judged"], m["judge_failures"]) == (2, 2, 5, 1)
     assert m["accuracy"] == pytest.approx(50.0)  # yes / (yes + no), "maybe" counted in neither
@@ -58,8 +68,14 @@ def test_score_open_qa_original_rule() -> None:
 
 
 def test_score_vcgbench_excludes_failures() -> None:
-    v = [("correctness", {"score": 4}), ("correctness", None), ("detail", {"score": 2}), ("context", {"score": 3}),
-         ("temporal", {"score": 1}), ("consistency", {"score": 5})]
+    v = [
+        ("correctness", {"score": 4}),
+        ("correctness", None),
+        ("detail", {"score": 2}),
+        ("context", {"score": 3}),
+        ("temporal", {"score": 1}),
+        ("consistency", {"score": 5}),
+    ]
     m = score_vcgbench(v)
     assert m["aspects"]["correctness"] == {"score_sum": 4, "judged": 1, "judge_failures": 1, "score": 4.0}
     assert list(m["aspects"]) == ["correctness", "detail", "context", "temporal", "consistency"]
@@ -74,10 +90,16 @@ def test_mcqa_question_template() -> None:
 
 
 def test_prompt_strings_exact() -> None:
-    mv = PromptConfig(style="mvbench", system="S\n", question_suffix="\nOnly give the best option.",
-                      answer_prefix="Best option:(", use_system=True)
+    mv = PromptConfig(
+        style="mvbench",
+        system="S\n",
+        question_suffix="\nOnly give the best option.",
+        answer_prefix="Best option:(",
+        use_system=True,
+    )
     assert build_prompt("Question: q", mv) == (
-        "<ImageHere>###Human: S\nQuestion: q\nOnly give the best option.\n###Assistant: Best option:(")
+        "<ImageHere>###Human: S\nQuestion: q\nOnly give the best option.\n###Assistant: Best option:("
+    )
     chat = PromptConfig(style="chat", system="S\n", use_system=True)
     assert build_prompt("why?", chat) == "<ImageHere>S\n###Human: why? ###Assistant: "
     chat.use_system = False
@@ -104,15 +126,27 @@ def test_protocol_yamls() -> None:
     assert len(mv.tasks) == 20 and sum(t.bound for t in mv.tasks) == 5
     assert [t.data_type for t in mv.tasks].count("frame") == 1
     assert mv.prompt.system.startswith("Carefully watch the video") and mv.prompt.system.endswith(
-        "select the best option that accurately addresses the question.\n")
+        "select the best option that accurately addresses the question.\n"
+    )
     assert (mv.prompt.question_suffix, mv.prompt.answer_prefix, mv.prompt.return_prefix) == (
-        "\nOnly give the best option.", "Best option:(", "(")
+        "\nOnly give the best option.",
+        "Best option:(",
+        "(",
+    )
     assert (mv.frames.rule, mv.frames.num_frames, mv.generation.num_beams, mv.generation.max_new_tokens) == (
-        "mvbench", 0, 1, 100)
+        "mvbench",
+        0,
+        1,
+        100,
+    )
     assert len(cfgs["tvbench"].tasks) == 10 and cfgs["tvbench"].prompt.system == mv.prompt.system
-    # SPEC Q27: system on for MVBench/VCGBench/ANet, off for MSVD/MSRVTT
+    # docs/faithfulness.md Q27: system on for MVBench/VCGBench/ANet, off for MSVD/MSRVTT
     assert [cfgs[k].prompt.use_system for k in ("vcgbench", "anet_qa", "msvd_qa", "msrvtt_qa")] == [
-        True, True, False, False]
+        True,
+        True,
+        False,
+        False,
+    ]
     for k in ("vcgbench", "anet_qa", "msvd_qa", "msrvtt_qa"):
         g = cfgs[k].generation
         assert (g.num_beams, g.max_new_tokens, g.repetition_penalty, g.max_length) == (5, 300, 1.5, 2000)
@@ -124,23 +158,29 @@ def test_protocol_yamls() -> None:
     assert judge.consistency_judge_q1_twice and judge.temperature is None and judge.model == "gpt-3.5-turbo"
     msgs = build_messages(cfgs["msvd_qa"].judge.prompts["qa"], {"question": "q?", "answer": "a", "pred": "{pred}"})
     assert "Question: q?\nCorrect Answer: a\nPredicted Answer: {pred}\n\n" in msgs[1]["content"]
-    assert msgs[0]["content"].startswith("You are an intelligent chatbot") and "------##INSTRUCTIONS: - " in (
-        msgs[0]["content"])
+    assert (
+        msgs[0]["content"].startswith("You are an intelligent chatbot")
+        and "------##INSTRUCTIONS: - " in (msgs[0]["content"])
+    )
 
 
-@pytest.mark.parametrize("text,keys,expected,how", [
-    ("{'score': 4}", ["score"], {"score": 4}, "literal_eval"),
-    ("{'pred': 'yes', 'score': 4.8}", ["pred", "score"], {"pred": "yes", "score": 4}, "literal_eval"),
-    ('Sure: {"pred": "no", "score": "2"} done', ["pred", "score"], {"pred": "no", "score": 2}, "embedded_dict"),
-    ("{''score': 3}", ["score"], {"score": 3}, "regex"),
-    ("I think 'score': 5", ["score"], {"score": 5}, "regex"),
-])
+@pytest.mark.parametrize(
+    "text,keys,expected,how",
+    [
+        ("{'score': 4}", ["score"], {"score": 4}, "literal_eval"),
+        ("{'pred': 'yes', 'score': 4.8}", ["pred", "score"], {"pred": "yes", "score": 4}, "literal_eval"),
+        ('Sure: {"pred": "no", "score": "2"} done', ["pred", "score"], {"pred": "no", "score": 2}, "embedded_dict"),
+        ("{''score': 3}", ["score"], {"score": 3}, "regex"),
+        ("I think 'score': 5", ["score"], {"score": 5}, "regex"),
+    ],
+)
 def test_parse_reply(text: str, keys: list[str], expected: dict, how: str) -> None:
     assert parse_reply(text, keys) == (expected, how)
 
 
-@pytest.mark.parametrize("text,keys", [("no idea", ["score"]), ("{'pred': 'yes'}", ["pred", "score"]),
-                                       ("{'score': 'high'}", ["score"])])
+@pytest.mark.parametrize(
+    "text,keys", [("no idea", ["score"]), ("{'pred': 'yes'}", ["pred", "score"]), ("{'score': 'high'}", ["score"])]
+)
 def test_parse_reply_failures(text: str, keys: list[str]) -> None:
     result, why = parse_reply(text, keys)
     assert result is None and why.startswith("malformed")

@@ -1,4 +1,5 @@
 """`python -m stllm inspect DIR`: recipe, counts, dtypes, tokenizer ids and a fingerprint that follows the content."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from stllm.models.convert import main as convert_main
-from stllm.models.inspect import describe
-from stllm.models.inspect import main as inspect_main
+from stllm.checkpoints.convert import main as convert_main
+from stllm.checkpoints.inspect import describe
+from stllm.checkpoints.inspect import main as inspect_main
 from tests.helpers import REFERENCE as REF
 from tests.helpers import reference_config
 
@@ -25,9 +26,25 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     (src / "model.safetensors").symlink_to(REF / "weights_qa.safetensors")
     tok = REF / "tokenizers"
-    convert_main(["--from-stllm", str(src), "--no-tokenizer", "--recipe", "qa", "--config", str(tmp / "config.json"), "--out",
-                  str(tmp / "out"), "--max-shard-size", "1MB", "--llm-tokenizer", str(tok / "llama_tiny" /
-                  "tokenizer.model"), "--qformer-vocab", str(tok / "bert_tiny" / "vocab.txt")])
+    convert_main(
+        [
+            "--from-stllm",
+            str(src),
+            "--no-tokenizer",
+            "--recipe",
+            "qa",
+            "--config",
+            str(tmp / "config.json"),
+            "--out",
+            str(tmp / "out"),
+            "--max-shard-size",
+            "1MB",
+            "--llm-tokenizer",
+            str(tok / "llama_tiny" / "tokenizer.model"),
+            "--qformer-vocab",
+            str(tok / "bert_tiny" / "vocab.txt"),
+        ]
+    )
     return tmp / "out"
 
 
@@ -53,6 +70,8 @@ def test_fingerprint_follows_content_not_layout(converted: Path, tmp_path: Path)
     save_file(state, single / "model.safetensors")
     (single / "config.json").write_text((converted / "config.json").read_text())
     assert describe(single)["fingerprint_sha256"] == first  # resharding does not change it
-    state["language_model.model.norm.weight"] = state["language_model.model.norm.weight"] + torch.finfo(torch.float16).eps
+    state["language_model.model.norm.weight"] = (
+        state["language_model.model.norm.weight"] + torch.finfo(torch.float16).eps
+    )
     save_file(state, single / "model.safetensors")
     assert describe(single)["fingerprint_sha256"] != first

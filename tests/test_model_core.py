@@ -1,4 +1,5 @@
 """The model's ST-LLM behaviour on tiny configurations: modes, masking + MVM formulas, freezing, generation, I/O."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,7 +10,7 @@ import torch
 
 from stllm.models.configuration import preset_config
 from stllm.models.masking import mvm_loss, sample_dropped_tokens, sample_mask_ratio
-from stllm.models.modeling import StllmForConditionalGeneration, StopOnFirstRow, local_frame_indices
+from stllm.models.modeling import StllmForConditionalGeneration, local_frame_indices
 
 T = 4  # frames
 
@@ -36,15 +37,20 @@ def make_batch(model: StllmForConditionalGeneration, frames: int = T, seed: int 
     lab = torch.tensor([r + [-100] * (n - len(r)) for r in labels])
     mask = torch.tensor([[1] * len(r) + [0] * (n - len(r)) for r in rows])
     s = c.vision_config.image_size
-    return {"input_ids": ids, "attention_mask": mask, "labels": lab,
-            "pixel_values": torch.randn(2, frames, 3, s, s, generator=g),
-            "qformer_input_ids": torch.tensor([[2, 30, 31, 3], [2, 32, 3, 0]]),
-            "qformer_attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "labels": lab,
+        "pixel_values": torch.randn(2, frames, 3, s, s, generator=g),
+        "qformer_input_ids": torch.tensor([[2, 30, 31, 3], [2, 32, 3, 0]]),
+        "qformer_attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ training steps
-@pytest.mark.parametrize("video_input,use_mask,btadapter",
-                         list(itertools.product(["all", "mean", "residual"], [False, True], [False, True])))
+@pytest.mark.parametrize(
+    "video_input,use_mask,btadapter", list(itertools.product(["all", "mean", "residual"], [False, True], [False, True]))
+)
 def test_train_step_finite_with_gradients_only_where_spec_says(video_input, use_mask, btadapter):
     model = make_model(video_input=video_input, use_mask=use_mask, btadapter=btadapter)
     model.train()
@@ -61,7 +67,7 @@ def test_train_step_finite_with_gradients_only_where_spec_says(video_input, use_
     trainable_prefixes += ("global_adapter.",) if video_input == "residual" else ()
     trainable_prefixes += ("mvm_decoder.",) if use_mask else ()
     for name, p in model.named_parameters():
-        if name.startswith(("vision_model.", "qformer.", "query_tokens")):  # SPEC 1.11: always frozen
+        if name.startswith(("vision_model.", "qformer.", "query_tokens")):  # docs/original.md §1.11: always frozen
             assert not p.requires_grad and p.grad is None, name
         elif name.startswith(trainable_prefixes):
             assert p.requires_grad, name
@@ -86,11 +92,11 @@ def test_mvm_target_is_computed_without_gradient(monkeypatch):
 
     monkeypatch.setattr(model, "_run_llm", spy)
     model(**make_batch(model))
-    assert grad_modes == [True, False]  # masked pass with gradient, full pass without (SPEC 2.2 step 4)
+    assert grad_modes == [True, False]  # masked pass with gradient, full pass without (docs/original.md §2.2 step 4)
 
 
 def test_masked_forward_matches_hand_built_original_sequence():
-    """SPEC 2.1-2.2 rebuilt by hand: drop tokens, concatenate [kept video][prompt][answer][pad], 2 - 2cos."""
+    """docs/original.md §2.1-2.2 rebuilt by hand: drop tokens, concatenate [kept video][prompt][answer][pad], 2 - 2cos."""
     model = make_model(use_mask=True)
     model.eval()  # dropout off; masking forced by dropped_tokens
     batch = make_batch(model)
@@ -98,8 +104,9 @@ def test_masked_forward_matches_hand_built_original_sequence():
     dropped = sample_dropped_tokens(2, n_video, 0.5, torch.Generator().manual_seed(3))
     with torch.no_grad():
         out = model(**batch, dropped_tokens=dropped)
-        video = model.get_video_features(batch["pixel_values"], batch["qformer_input_ids"],
-                                         batch["qformer_attention_mask"])  # (B, L, D)
+        video = model.get_video_features(
+            batch["pixel_values"], batch["qformer_input_ids"], batch["qformer_attention_mask"]
+        )  # (B, L, D)
         embed = model.get_input_embeddings()
         seqs, masks, labels = [], [], []
         for b in range(2):
@@ -115,8 +122,9 @@ def test_masked_forward_matches_hand_built_original_sequence():
         ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), lab[:, 1:].reshape(-1))
         n_keep = int((~dropped[0]).sum())
         pred = model.mvm_decoder(h_masked[:, :n_keep])  # InstructBLIP base: video tokens start at 0
-        h_full = llm.model(inputs_embeds=model.merge_video_tokens(batch["input_ids"], video),
-                           attention_mask=batch["attention_mask"]).last_hidden_state
+        h_full = llm.model(
+            inputs_embeds=model.merge_video_tokens(batch["input_ids"], video), attention_mask=batch["attention_mask"]
+        ).last_hidden_state
         target = torch.stack([h_full[b, :n_video][~dropped[b]] for b in range(2)])
         p = pred / pred.norm(dim=-1, keepdim=True)
         t = target / target.norm(dim=-1, keepdim=True)
@@ -135,7 +143,9 @@ def test_legacy_mvm_visual_start_equals_real_positions_when_video_is_first():
     dropped = sample_dropped_tokens(2, model.config.num_video_tokens(T), 0.4, torch.Generator().manual_seed(5))
     with torch.no_grad():
         fixed = model(**batch, dropped_tokens=dropped).mvm_loss
-        model.config.mvm_visual_start = 0  # SPEC Q3: the original's hard-coded slice start (0 with text input)
+        model.config.mvm_visual_start = (
+            0  # docs/faithfulness.md Q3: the original's hard-coded slice start (0 with text input)
+        )
         legacy = model(**batch, dropped_tokens=dropped).mvm_loss
         model.config.mvm_visual_start = 3  # a wrong offset compares misaligned tokens: a different loss
         shifted = model(**batch, dropped_tokens=dropped).mvm_loss
@@ -222,7 +232,7 @@ def test_global_local_aggregation_formula_and_zero_init():
 def test_qformer_dropout_follows_train_only_with_btadapter():
     with_bt = make_model(btadapter=True)
     with_bt.train()
-    assert with_bt.qformer.training  # SPEC Q2 [KEEP]
+    assert with_bt.qformer.training  # docs/faithfulness.md Q2 [KEEP]
     plain = make_model(btadapter=False)
     plain.train()
     assert not plain.qformer.training

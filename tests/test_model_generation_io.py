@@ -1,4 +1,5 @@
 """Generation (KV cache vs a no-cache loop, batching, stops, truncation), save/load round trips, bad input."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,8 +42,9 @@ def test_cached_greedy_generation_equals_no_cache_loop(video_input, btadapter):
 def test_beam_search_sampling_and_repetition_penalty_run():
     model = make_model(seed=4).eval()
     ids, px = _prompt(model), torch.randn(1, 4, 3, 28, 28)
-    beams = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=8, num_beams=3, do_sample=False,
-                           repetition_penalty=1.5)
+    beams = model.generate(
+        input_ids=ids, pixel_values=px, max_new_tokens=8, num_beams=3, do_sample=False, repetition_penalty=1.5
+    )
     torch.manual_seed(0)
     s1 = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=8, do_sample=True, temperature=1.0, top_p=0.9)
     torch.manual_seed(0)
@@ -51,7 +53,7 @@ def test_beam_search_sampling_and_repetition_penalty_run():
 
 
 def test_repetition_penalty_sees_generated_tokens_only():
-    """SPEC Q26: the prompt goes in as embeddings, so prompt ids are not penalised. A penalty of 1e9 on a token
+    """docs/faithfulness.md Q26: the prompt goes in as embeddings, so prompt ids are not penalised. A penalty of 1e9 on a token
     that appears only in the prompt must not stop it from being generated."""
     model = make_model(seed=5).eval()
     px = torch.randn(1, 4, 3, 28, 28)
@@ -59,8 +61,9 @@ def test_repetition_penalty_sees_generated_tokens_only():
     first = int(plain[0, 0])
     ids = _prompt(model, extra=(first, first))  # the token the model wants is in the prompt
     again = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=1, do_sample=False)
-    penalised = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=1, do_sample=False,
-                               repetition_penalty=1e9)
+    penalised = model.generate(
+        input_ids=ids, pixel_values=px, max_new_tokens=1, do_sample=False, repetition_penalty=1e9
+    )
     assert torch.equal(again, penalised)
 
 
@@ -70,8 +73,12 @@ def test_left_padded_batch_generates_like_single_prompts():
     video = [c.video_token_id] * c.num_video_tokens(4)
     rows = [video + [2, 5, 6, 7, 8, 9], video + [2, 5]]
     px = torch.randn(2, 4, 3, 28, 28, generator=torch.Generator().manual_seed(1))
-    singles = [model.generate(input_ids=torch.tensor([r]), pixel_values=px[i:i + 1], max_new_tokens=6,
-                              do_sample=False)[0].tolist() for i, r in enumerate(rows)]
+    singles = [
+        model.generate(input_ids=torch.tensor([r]), pixel_values=px[i : i + 1], max_new_tokens=6, do_sample=False)[
+            0
+        ].tolist()
+        for i, r in enumerate(rows)
+    ]
     n = max(map(len, rows))
     pad = c.text_config.pad_token_id
     ids = torch.tensor([[pad] * (n - len(r)) + r for r in rows])
@@ -85,17 +92,23 @@ def test_stop_on_first_row_and_left_truncation():
     stop = StopOnFirstRow([[7], [8, 9]])
     assert stop(torch.tensor([[1, 7], [1, 2]]), None).all()
     assert stop(torch.tensor([[8, 9], [1, 2]]), None).all()
-    assert not stop(torch.tensor([[1, 2], [8, 9]]), None).any()  # only the first row counts (SPEC Q30)
+    assert not stop(torch.tensor([[1, 2], [8, 9]]), None).any()  # only the first row counts (docs/faithfulness.md Q30)
     model = make_model(seed=7).eval()
     ids, px = _prompt(model), torch.randn(1, 4, 3, 28, 28)
     n = ids.shape[1]
     with torch.no_grad():
         embeds = model.merge_video_tokens(ids, model.get_video_features(px))
-    # SPEC Q7: begin = max(0, N + max_new - max_length); the model then sees embeds[:, begin:]
-    cut = model.generate(input_ids=ids, pixel_values=px, max_new_tokens=3, do_sample=False,
-                         max_context_length=n + 3 - 5)
-    ref = model.language_model.generate(inputs_embeds=embeds[:, 5:], attention_mask=torch.ones(1, n - 5, dtype=torch.long),
-                                        max_new_tokens=3, do_sample=False, pad_token_id=0)
+    # docs/faithfulness.md Q7: begin = max(0, N + max_new - max_length); the model then sees embeds[:, begin:]
+    cut = model.generate(
+        input_ids=ids, pixel_values=px, max_new_tokens=3, do_sample=False, max_context_length=n + 3 - 5
+    )
+    ref = model.language_model.generate(
+        inputs_embeds=embeds[:, 5:],
+        attention_mask=torch.ones(1, n - 5, dtype=torch.long),
+        max_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert cut.tolist() == ref.tolist()
 
 

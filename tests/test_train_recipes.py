@@ -1,5 +1,6 @@
 """Every recipe in configs/train loads, validates and builds its full-size model on the meta device; LoRA trains
-only adapters + the recipe's non-LLM modules; the DeepSpeed JSONs are what SPEC 5.3 says."""
+only adapters + the recipe's non-LLM modules; the DeepSpeed JSONs are what docs/original.md §5.3 says."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,22 @@ import pytest
 import torch
 
 from stllm.models.modeling import StllmForConditionalGeneration
+from stllm.quickstart.toydata import write_drawn_dataset
 from stllm.train import run
 from stllm.train.config import load_train_config
-from stllm.train.toydata import write_drawn_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "configs" / "train").glob("*.yaml"))
-PAPER = {"stllm_qa", "stllm_conversation", "stllm_qa_minigpt4", "stllm_conversation_minigpt4", "stllm_avp",
-         "stllm_avp_minigpt4", "stllm_qa_lora", "stllm_qa_40gb"}
+PAPER = {
+    "stllm_qa",
+    "stllm_conversation",
+    "stllm_qa_minigpt4",
+    "stllm_conversation_minigpt4",
+    "stllm_avp",
+    "stllm_avp_minigpt4",
+    "stllm_qa_lora",
+    "stllm_qa_40gb",
+}
 
 
 def test_all_recipes_are_tested():
@@ -32,7 +41,7 @@ def test_recipe_builds_full_size_on_meta(recipe):
     n = sum(p.numel() for p in model.parameters())
     assert n > 7.0e9, n  # EVA ViT-g + Q-Former + Vicuna-7B
     trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
-    # SPEC 1.11: EVA, ln_vision, Q-Former and queries frozen; the LLM and the projection trained
+    # docs/original.md §1.11: EVA, ln_vision, Q-Former and queries frozen; the LLM and the projection trained
     assert "vision_model" not in trainable and "qformer" not in trainable and "query_tokens" not in trainable
     assert {"language_model", "language_projection"} <= trainable
     assert ("btadapter" in trainable) == ("conversation" not in recipe)
@@ -40,12 +49,18 @@ def test_recipe_builds_full_size_on_meta(recipe):
     assert ("mvm_decoder" in trainable) == ("avp" not in recipe)
     assert mc.use_mask == ("avp" not in recipe)
     frames = {d.num_frames for d in cfg.data.datasets}
-    assert frames == ({64} if "conversation" in recipe else {16})  # SPEC 4.1
+    assert frames == ({64} if "conversation" in recipe else {16})  # docs/original.md §4.1
     assert mc.qformer_text_input == ("minigpt4" not in recipe)
     t = cfg.train
-    assert t.per_device_train_batch_size * t.gradient_accumulation_steps * 8 == 128  # global batch (SPEC 5.3)
+    assert (
+        t.per_device_train_batch_size * t.gradient_accumulation_steps * 8 == 128
+    )  # global batch (docs/original.md §5.3)
     assert (t.learning_rate, t.num_train_epochs, t.warmup_ratio, t.lr_scheduler_type) == (
-        2e-4 if "lora" in recipe else 2e-5, 2, 0.03, "cosine")
+        2e-4 if "lora" in recipe else 2e-5,
+        2,
+        0.03,
+        "cosine",
+    )
     stage = json.loads(Path(t.deepspeed).read_text())["zero_optimization"]["stage"]
     assert stage == (2 if "conversation" in recipe or "lora" in recipe else 3)
 
@@ -55,7 +70,7 @@ def test_deepspeed_jsons_follow_spec():
 
     for name, stage in (("zero2", 2), ("zero3", 3), ("zero3_offload", 3)):
         raw = json.loads((REPO / "configs" / "deepspeed" / f"{name}.json").read_text())
-        assert "gradient_clipping" not in raw  # SPEC Q19: no clipping in effect
+        assert "gradient_clipping" not in raw  # docs/faithfulness.md Q19: no clipping in effect
         zero = raw["zero_optimization"]
         assert zero["overlap_comm"] and zero["contiguous_gradients"]
         assert raw["train_micro_batch_size_per_gpu"] == "auto" and raw["bf16"]["enabled"] == "auto"
@@ -84,9 +99,18 @@ def test_lora_recipe_trains_adapters_and_non_llm_modules(tmp_path):
 def test_lora_tiny_run_saves_a_merged_plain_model(tmp_path):
     root = tmp_path / "toy"
     write_drawn_dataset(root, num=4)
-    cfg = load_train_config(REPO / "configs" / "train" / "tiny.yaml", [
-        f"data.data_root={root}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=2", "lora.r=4",
-        "train.per_device_train_batch_size=2", "train.save_strategy=no", "train.disable_tqdm=true"])
+    cfg = load_train_config(
+        REPO / "configs" / "train" / "tiny.yaml",
+        [
+            f"data.data_root={root}",
+            f"train.output_dir={tmp_path / 'run'}",
+            "train.max_steps=2",
+            "lora.r=4",
+            "train.per_device_train_batch_size=2",
+            "train.save_strategy=no",
+            "train.disable_tqdm=true",
+        ],
+    )
     out = Path(run.train(cfg))
     model = StllmForConditionalGeneration.from_pretrained(out)  # our layout: no adapter files, no lora_ keys
     assert not any("lora_" in k for k in model.state_dict())

@@ -1,4 +1,5 @@
 """`python -m stllm train` on the tiny recipe: loss goes down, saved dirs reload, resume is bitwise, errors come early."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,9 @@ from transformers import TrainerCallback
 from stllm.config import ConfigError
 from stllm.data.processor import StllmProcessor
 from stllm.models.modeling import StllmForConditionalGeneration
+from stllm.quickstart.toydata import write_drawn_dataset, write_video_dataset
 from stllm.train import run
 from stllm.train.config import load_train_config
-from stllm.train.toydata import write_drawn_dataset, write_video_dataset
 from tests.helpers import VIDEOS, need
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,9 +29,17 @@ def toy_root(tmp_path_factory) -> Path:
 
 
 def tiny_config(root: Path, out: Path, *overrides: str):
-    return load_train_config(TINY, [f"data.data_root={root}", f"train.output_dir={out}",
-                                    "train.per_device_train_batch_size=2", "train.logging_steps=1",
-                                    "train.disable_tqdm=true", *overrides])
+    return load_train_config(
+        TINY,
+        [
+            f"data.data_root={root}",
+            f"train.output_dir={out}",
+            "train.per_device_train_batch_size=2",
+            "train.logging_steps=1",
+            "train.disable_tqdm=true",
+            *overrides,
+        ],
+    )
 
 
 def losses(out: Path) -> dict[int, dict]:
@@ -46,7 +55,7 @@ def _check_lowers_loss(root: Path, out: Path) -> None:
     assert last < 0.8 * first, (first, last)
     for entry in log.values():  # the loss parts and throughput are logged
         assert {"lm_loss", "mvm_loss", "kept_ratio", "samples_per_second", "video_tokens_per_second"} <= set(entry)
-        assert 0.3 - 1e-6 <= entry["kept_ratio"] <= 0.9 + 1e-6  # 1 - r, r in [0.1, 0.7] (SPEC 2.1)
+        assert 0.3 - 1e-6 <= entry["kept_ratio"] <= 0.9 + 1e-6  # 1 - r, r in [0.1, 0.7] (docs/original.md §2.1)
     # the output dir is a model dir: loads with no conversion and runs
     model = StllmForConditionalGeneration.from_pretrained(out).eval()
     processor = StllmProcessor.from_pretrained(out)
@@ -97,6 +106,7 @@ def test_resume_is_bitwise(toy_root, tmp_path):
 @pytest.fixture
 def no_model(monkeypatch):
     """Model construction fails the test if reached."""
+
     def forbidden(*args, **kwargs):
         raise AssertionError("the model was built before the config error was raised")
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The deepspeed launcher, as the original (SPEC 5.1): scripts/train/train_deepspeed.sh CONFIG [key=value ...]
+# The deepspeed launcher, as the original (docs/original.md §5.1): scripts/train/train_deepspeed.sh CONFIG [key=value ...]
 # GPUS (default: all local), MASTER_PORT (default 20000, the original's) from the environment.
 set -euo pipefail
 CONFIG="$1"; shift

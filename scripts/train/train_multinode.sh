@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-node: run on every node with the same NNODES, MASTER_ADDR, MASTER_PORT and its own NODE_RANK:
 #   NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 MASTER_PORT=29500 scripts/train/train_multinode.sh CONFIG [key=value ...]
-# Keep the global batch at 128: per_device_train_batch_size x gradient_accumulation_steps x GPUs (SPEC 5.3).
+# Keep the global batch at 128: per_device_train_batch_size x gradient_accumulation_steps x GPUs (docs/original.md §5.3).
 set -euo pipefail
 CONFIG="$1"; shift
 : "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER_ADDR:?set MASTER_ADDR}"

@@ -1,18 +1,19 @@
 """`python -m stllm bench data [--videos DIR]` -> a table of clips/s: our read+sample+transform vs the raw decoder.
 
 For every video in the folder, at 16 and 64 frames: (1) read_clip + FrameSampling(uniform_middle) + the
-evaluation transform (SPEC 7.1) with the exact Pillow resize and (1b) with the fast torch resize, (2) the raw
+evaluation transform (docs/original.md §7.1) with the exact Pillow resize and (1b) with the fast torch resize, (2) the raw
 decord call alone for the same indices (open + get_batch), (3) decoding every frame of the file. The time
 ratio (1)/(2) shows what our pipeline adds to decoding.
 """
+
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -80,8 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not videos:
         print(f"bench data: no videos in {args.videos}", file=sys.stderr)
         return 2
-    header = (f"{'video':<14}{'frames':>7}{'T':>5}{'pil clip/s':>12}{'torch clip/s':>14}{'raw clip/s':>12}"
-              f"{'all-frames clip/s':>19}{'pil/raw':>9}{'torch/raw':>11}")
+    header = (
+        f"{'video':<14}{'frames':>7}{'T':>5}{'pil clip/s':>12}{'torch clip/s':>14}{'raw clip/s':>12}"
+        f"{'all-frames clip/s':>19}{'pil/raw':>9}{'torch/raw':>11}"
+    )
     print(header)
     print("-" * len(header))
     ratios, fast_ratios = [], []
@@ -90,10 +93,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             r = bench_video(str(video), n, args.repeats, args.size, args.threads)
             ratios.append(r["ours"] / r["raw"])
             fast_ratios.append(r["fast"] / r["raw"])
-            print(f"{video.stem:<14}{int(r['total']):>7}{n:>5}{1 / r['ours']:>12.2f}{1 / r['fast']:>14.2f}"
-                  f"{1 / r['raw']:>12.2f}{1 / r['all']:>19.2f}{ratios[-1]:>9.2f}{fast_ratios[-1]:>11.2f}")
-    print(f"time ratio pipeline/raw decode (decord threads={args.threads}, torch threads={args.torch_threads}, "
-          f"eval transform at {args.size}, best of {args.repeats}): "
-          f"pil (exact) median {statistics.median(ratios):.2f} max {max(ratios):.2f}; "
-          f"torch resize median {statistics.median(fast_ratios):.2f} max {max(fast_ratios):.2f}")
+            print(
+                f"{video.stem:<14}{int(r['total']):>7}{n:>5}{1 / r['ours']:>12.2f}{1 / r['fast']:>14.2f}"
+                f"{1 / r['raw']:>12.2f}{1 / r['all']:>19.2f}{ratios[-1]:>9.2f}{fast_ratios[-1]:>11.2f}"
+            )
+    print(
+        f"time ratio pipeline/raw decode (decord threads={args.threads}, torch threads={args.torch_threads}, "
+        f"eval transform at {args.size}, best of {args.repeats}): "
+        f"pil (exact) median {statistics.median(ratios):.2f} max {max(ratios):.2f}; "
+        f"torch resize median {statistics.median(fast_ratios):.2f} max {max(fast_ratios):.2f}"
+    )
     return 0

@@ -6,6 +6,7 @@ fail to decode among a sample (8 by default, every file with --all). Exit 1 when
 (no annotation, no items) or broken (missing or unreadable media above --max-bad). Evaluation configs
 (stllm/eval/config.py) are not checked here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,8 @@ import logging
 import os
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from stllm.config import ConfigError
 from stllm.data.config import DataConfig, DatasetSpec, annotation_path, load_data_config, media_path
@@ -76,8 +77,13 @@ def check_dataset(cfg: DataConfig, spec: DatasetSpec, sample: int | None, seed: 
         report.decoded += 1
         try:
             window = probe.with_window(item.get("start"), item.get("end")) if "start" in item else probe
-            read_clip(path, window, backend="image" if key == "image" else spec.video_reader,
-                      folder_fps=spec.frame_folder_fps, max_source_frames=item.get("num_frames"))
+            read_clip(
+                path,
+                window,
+                backend="image" if key == "image" else spec.video_reader,
+                folder_fps=spec.frame_folder_fps,
+                max_source_frames=item.get("num_frames"),
+            )
         except MediaError as err:
             report.unreadable += 1
             if report.unreadable <= 3:
@@ -87,8 +93,19 @@ def check_dataset(cfg: DataConfig, spec: DatasetSpec, sample: int | None, seed: 
 
 def format_table(reports: Sequence[DatasetReport], max_bad: float) -> str:
     header = ("dataset", "req", "annotation", "items", "missing", "decoded", "unreadable", "status")
-    rows = [header] + [(r.name, "yes" if r.required else "no", "found" if r.found else "ABSENT", str(r.items),
-                        str(r.missing), str(r.decoded), str(r.unreadable), r.status(max_bad)) for r in reports]
+    rows = [header] + [
+        (
+            r.name,
+            "yes" if r.required else "no",
+            "found" if r.found else "ABSENT",
+            str(r.items),
+            str(r.missing),
+            str(r.decoded),
+            str(r.unreadable),
+            r.status(max_bad),
+        )
+        for r in reports
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -96,14 +113,17 @@ def format_table(reports: Sequence[DatasetReport], max_bad: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm data", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["check"])
+    parser = argparse.ArgumentParser(prog="python -m stllm data check", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="training config (data: section) or DataConfig YAML")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the data section (data_root=...)")
     parser.add_argument("--all", action="store_true", help="decode every present media file")
     parser.add_argument("--sample", type=int, default=8, help="media files decoded per dataset (default 8)")
-    parser.add_argument("--max-bad", type=float, default=0.01,
-                        help="fraction of missing or unreadable media above which a dataset is BROKEN")
+    parser.add_argument(
+        "--max-bad",
+        type=float,
+        default=0.01,
+        help="fraction of missing or unreadable media above which a dataset is BROKEN",
+    )
     args = parser.parse_intermixed_args(list(sys.argv[1:] if argv is None else argv))
     try:
         cfg = load_data_config(args.config, args.overrides)

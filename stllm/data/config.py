@@ -1,23 +1,20 @@
 """The `data:` section of a training config (YAML) -> DataConfig / DatasetSpec dataclasses, catalog resolved.
 
 Dataset names, annotation files and media roots are data, not code: a catalog YAML (configs/data/
-videochat2_it.yaml) defines every VideoChat2-IT dataset of SPEC 4.1; a recipe lists the names it uses (and
+videochat2_it.yaml) defines every VideoChat2-IT dataset of docs/original.md §4.1; a recipe lists the names it uses (and
 may override fields such as num_frames). Paths in the catalog are relative: annotations to
 `data_root/anno_root`, media to `data_root` (an absolute path in either place is used as it is).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import ConfigKeyError, ValidationError
-
-from stllm.config import ConfigError, parse_overrides
+from stllm.config import ConfigError, load_config, read_yaml
 from stllm.data.sampling import FrameSampling
 
 
@@ -26,24 +23,30 @@ class DatasetSpec:
     """One instruction dataset. Empty annotation/media fields are filled from the catalog by `name`."""
 
     name: str = ""
-    annotation: str = ""  # JSON path relative to data_root/anno_root (SPEC 4.1 table)
+    annotation: str = ""  # JSON path relative to data_root/anno_root (docs/original.md §4.1 table)
     media_root: str = ""  # relative to data_root; "" = paths in the JSON are absolute or data_root-relative
     media_type: str = ""  # video | image ("" = take from the catalog)
-    num_frames: int = 16  # SPEC 4.1: 16 for the QA recipes, 64 for the conversation recipe
-    sample_type: str = "rand"  # FrameSampling.mode used in training (SPEC 4.4)
+    num_frames: int = 16  # docs/original.md §4.1: 16 for the QA recipes, 64 for the conversation recipe
+    sample_type: str = "rand"  # FrameSampling.mode used in training (docs/original.md §4.4)
     sample_fps: float = 1.0  # for sample_type=fps
     min_frames: int = 4
     max_frames: int = 16
     fix_start: int | None = None
     video_reader: str = "auto"  # auto | decord | pyav | gif | frames (stllm.data.video backends)
-    frame_folder_fps: float = 5.0  # SPEC 4.4: the original rawframe reader assumed 5 fps
+    frame_folder_fps: float = 5.0  # docs/original.md §4.4: the original rawframe reader assumed 5 fps
     min_source_frames: int = 1  # a video with fewer frames is bad media (the original padded short videos)
     required: bool = True  # `data check` fails when a required dataset is absent or broken
 
     def sampling(self) -> FrameSampling:
         """The FrameSampling this dataset trains with."""
-        return FrameSampling(num_frames=self.num_frames, mode=self.sample_type, fps=self.sample_fps,
-                             min_frames=self.min_frames, max_frames=self.max_frames, fix_start=self.fix_start)
+        return FrameSampling(
+            num_frames=self.num_frames,
+            mode=self.sample_type,
+            fps=self.sample_fps,
+            min_frames=self.min_frames,
+            max_frames=self.max_frames,
+            fix_start=self.fix_start,
+        )
 
 
 @dataclass
@@ -54,13 +57,12 @@ class DataConfig:
     anno_root: str = ""  # VideoChat2-IT annotation root, relative to data_root unless absolute
     catalog: str = ""  # YAML of DatasetSpecs by name; relative to the config file, then to the cwd
     datasets: list[DatasetSpec] = field(default_factory=list)
-    mixture: str = "meta_loader"  # meta_loader (SPEC 4.6, Q20: one dataset per batch) | shuffled
+    mixture: str = "meta_loader"  # meta_loader (docs/original.md §4.6, Q20: one dataset per batch) | shuffled
     on_bad_media: str = "skip"  # skip (log, count, draw another item) | fail (raise MediaError)
     max_retries: int = 10  # replacement draws per sample before giving up
-    image_size: int = 224
     cache_decoded_mb: float = 0.0  # > 0: keep decoded video files in memory, up to this many MB per dataset and
     # process (stllm.data.frame_cache): for small datasets read many times; the frames are the same
-    seed: int = 42  # SPEC 4.6: the original DistributedSamplers used seed 42
+    seed: int = 42  # docs/original.md §4.6: the original DistributedSamplers used seed 42
 
     def __post_init__(self) -> None:
         if self.mixture not in ("meta_loader", "shuffled"):
@@ -69,45 +71,13 @@ class DataConfig:
             raise ConfigError(f"data.on_bad_media must be skip or fail, got {self.on_bad_media!r}")
 
 
-def _merge_structured(section: dict[str, Any], overrides: list[str], source: str) -> DataConfig:
-    base = OmegaConf.structured(DataConfig)
-    try:
-        base = OmegaConf.merge(base, OmegaConf.create(section))
-        for key, value in parse_overrides(overrides).items():
-            key = key[len("data."):] if key.startswith("data.") else key
-            OmegaConf.update(base, key, value, merge=True, force_add=False)
-    except (ConfigKeyError, AttributeError, KeyError) as err:
-        valid = ", ".join(f.name for f in dataclasses.fields(DataConfig))
-        raise ConfigError(f"{source}: unknown data key ({err}); valid keys: {valid}") from err
-    except ValidationError as err:
-        raise ConfigError(f"{source}: {err.full_key}: {err.msg}") from err
-    return OmegaConf.to_object(base)  # type: ignore[return-value]
-
-
-def _yaml_chain(path: Path) -> dict[str, Any]:
-    """A YAML and its `_base_` parents merged (parent first) as plain dicts."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    parent = data.pop("_base_", None)
-    if parent:
-        merged = OmegaConf.merge(OmegaConf.create(_yaml_chain(path.parent / parent)), OmegaConf.create(data))
-        return OmegaConf.to_container(merged)  # type: ignore[return-value]
-    return data
-
-
-def load_data_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> DataConfig:
+def load_data_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> DataConfig:
     """A training config (its `data:` section) or a plain DataConfig YAML -> DataConfig with the catalog resolved.
 
     Other top-level sections of a training config are ignored here (their schemas live elsewhere).
     """
-    path = Path(path)
-    raw = _yaml_chain(path)
-    section = raw["data"] if isinstance(raw.get("data"), dict) else raw
-    cfg = _merge_structured(section, list(overrides), str(path))
-    return resolve_catalog(cfg, path.parent)
+    cfg = load_config(DataConfig, path, overrides, section="data")
+    return resolve_catalog(cfg, Path(path).parent)
 
 
 def resolve_catalog(cfg: DataConfig, config_dir: str | os.PathLike = ".") -> DataConfig:
@@ -120,13 +90,14 @@ def resolve_catalog(cfg: DataConfig, config_dir: str | os.PathLike = ".") -> Dat
         catalog_path = Path(cfg.catalog)
     if not catalog_path.is_file():
         raise ConfigError(f"data.catalog {cfg.catalog!r} not found (relative to {config_dir} or the cwd)")
-    raw = _yaml_chain(catalog_path)
+    raw = read_yaml(catalog_path)
     entries = {d["name"]: d for d in (raw.get("data", raw).get("datasets") or [])}
     resolved = []
     for spec in cfg.datasets:
         if spec.name not in entries:
-            raise ConfigError(f"dataset {spec.name!r} is not in the catalog {catalog_path}; "
-                              f"known: {', '.join(sorted(entries))}")
+            raise ConfigError(
+                f"dataset {spec.name!r} is not in the catalog {catalog_path}; known: {', '.join(sorted(entries))}"
+            )
         entry = entries[spec.name]
         values = dataclasses.asdict(spec)
         for key in ("annotation", "media_root", "media_type"):

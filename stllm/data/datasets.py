@@ -1,22 +1,23 @@
 """VideoChat2-IT annotations + media -> VideoQAItem samples; mixtures of datasets -> per-step batch index lists.
 
-SPEC 4.2-4.3: one QA turn per sample (the QA list shuffled, the first taken: Q14 KEEP), frames by read_clip with
+docs/original.md §4.2-4.3: one QA turn per sample (the QA list shuffled, the first taken: Q14 KEEP), frames by read_clip with
 the dataset's FrameSampling (``rand`` in training), the training transform applied to the whole clip.
-SPEC 4.6 / Q20: the original MetaLoader gives every batch a single dataset, chosen per step with probability
+docs/original.md §4.6 / Q20: the original MetaLoader gives every batch a single dataset, chosen per step with probability
 proportional to its number of batches; MetaLoaderBatchSampler reproduces that over a ConcatDataset.
 """
+
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
 import os
 import random
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from stllm.data.config import DataConfig, DatasetSpec, annotation_path, media_path
 from stllm.data.frame_cache import DecodedVideoCache
@@ -62,10 +63,9 @@ class InstructionDataset(Dataset):
 
     Randomness (QA shuffle, frame draw, crop, replacement index) comes from an RNG derived from
     (seed, epoch, index), so a sample is reproducible in any worker; call set_epoch each pass.
-    Bad media: on_bad_media="skip" logs, counts (`bad_media_count`, `last_bad_media`) and draws another index
-    (at most `max_retries` times, then raises); "fail" raises the MediaError naming the file.
-    With DataLoader workers the counters live in each worker: the replaced files also travel in
-    `item.extra["bad_media"]` so the training loop can count them.
+    Bad media: on_bad_media="skip" logs it and draws another index (at most `max_retries` times, then raises);
+    "fail" raises the MediaError naming the file. The replaced files travel in `item.extra["bad_media"]`, so
+    the training loop counts them (also from DataLoader workers).
     """
 
     def __init__(
@@ -92,12 +92,10 @@ class InstructionDataset(Dataset):
         self.items = load_annotations(self.annotation)
         self.is_image = spec.media_type == "image"
         sampling = spec.sampling()
-        # evaluation-style use of a training set: deterministic segment middles (SPEC 4.4 `middle`)
+        # evaluation-style use of a training set: deterministic segment middles (docs/original.md §4.4 `middle`)
         self.sampling = sampling if train else FrameSampling(num_frames=sampling.num_frames, mode="middle")
         # video files decoded once and kept (stllm.data.frame_cache), when asked: same frames, less decoding
         self.cache = DecodedVideoCache(cache_decoded_mb) if cache_decoded_mb > 0 and not self.is_image else None
-        self.bad_media_count = 0
-        self.last_bad_media: collections.deque[tuple[str, str]] = collections.deque(maxlen=50)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -117,7 +115,7 @@ class InstructionDataset(Dataset):
         path = self.media_file(item)
         qa = list(item["QA"])
         if self.train and len(qa) > 1:
-            rng.shuffle(qa)  # SPEC 3.2 / Q14: shuffle then keep only the first turn
+            rng.shuffle(qa)  # docs/original.md §3.2 / Q14: shuffle then keep only the first turn
         turn = qa[0]
         if self.is_image:
             clip = read_clip(path, self.sampling, backend="image")
@@ -126,18 +124,30 @@ class InstructionDataset(Dataset):
             if "start" in item and "end" in item:
                 sampling = sampling.with_window(float(item["start"]), float(item["end"]))
             reader = self.cache.read if self.cache is not None else read_clip
-            clip = reader(path, sampling, rng=rng, backend=self.spec.video_reader,
-                          folder_fps=self.spec.frame_folder_fps,
-                          max_source_frames=item.get("num_frames"))  # per sample only: SPEC Q17 fix
+            clip = reader(
+                path,
+                sampling,
+                rng=rng,
+                backend=self.spec.video_reader,
+                folder_fps=self.spec.frame_folder_fps,
+                max_source_frames=item.get("num_frames"),
+            )  # per sample only: docs/faithfulness.md Q17 fix
             if clip.total_frames < self.spec.min_source_frames:
-                raise MediaError(path, f"{clip.total_frames} frames, fewer than min_source_frames="
-                                       f"{self.spec.min_source_frames}")
+                raise MediaError(
+                    path, f"{clip.total_frames} frames, fewer than min_source_frames={self.spec.min_source_frames}"
+                )
         generator = torch.Generator().manual_seed(rng.getrandbits(63))
         pixels = self.transform(clip.frames, generator=generator)  # (T, 3, S, S) float32
         return VideoQAItem(
-            pixel_values=pixels, instruction=turn.get("i", "") or "", question=turn.get("q", ""),
-            answer=turn.get("a", ""), media=path, frame_indices=clip.indices, is_image=self.is_image,
-            dataset=self.spec.name, extra={"index": index, "duration": clip.duration, "fps": clip.fps},
+            pixel_values=pixels,
+            instruction=turn.get("i", "") or "",
+            question=turn.get("q", ""),
+            answer=turn.get("a", ""),
+            media=path,
+            frame_indices=clip.indices,
+            is_image=self.is_image,
+            dataset=self.spec.name,
+            extra={"index": index, "duration": clip.duration, "fps": clip.fps},
         )
 
     def __getitem__(self, index: int) -> VideoQAItem:
@@ -151,22 +161,38 @@ class InstructionDataset(Dataset):
             except MediaError as err:
                 if self.on_bad_media == "fail":
                     raise
-                self.bad_media_count += 1
-                self.last_bad_media.append((err.path, err.problem))
                 bad.append((err.path, err.problem))
                 logger.warning("[%s] skipping bad media %s: %s", self.spec.name, err.path, err.problem)
-                index = rng.randrange(len(self.items))  # SPEC 4.3: replace by a random other item
-        raise MediaError(self.annotation, f"{len(bad)} bad media files in a row (last: {bad[-1][0]}: "
-                                          f"{bad[-1][1]}); giving up after max_retries={self.max_retries}")
+                index = rng.randrange(len(self.items))  # docs/original.md §4.3: replace by a random other item
+        raise MediaError(
+            self.annotation,
+            f"{len(bad)} bad media files in a row (last: {bad[-1][0]}: "
+            f"{bad[-1][1]}); giving up after max_retries={self.max_retries}",
+        )
 
 
-def build_datasets(cfg: DataConfig, *, train: bool = True, transform: Transform | None = None) -> list[InstructionDataset]:
-    """A resolved DataConfig -> one InstructionDataset per entry (same transform and bad-media policy)."""
-    transform = transform if transform is not None else build_transform(train, cfg.image_size)
-    return [InstructionDataset(spec, cfg.data_root, transform, train=train, on_bad_media=cfg.on_bad_media,
-                               seed=cfg.seed, anno_root=cfg.anno_root, max_retries=cfg.max_retries,
-                               cache_decoded_mb=cfg.cache_decoded_mb)
-            for spec in cfg.datasets]
+def build_datasets(
+    cfg: DataConfig, *, image_size: int, train: bool = True, transform: Transform | None = None
+) -> list[InstructionDataset]:
+    """A resolved DataConfig -> one InstructionDataset per entry (same transform and bad-media policy).
+
+    image_size is the model's input size (its vision config), the transform's output size.
+    """
+    transform = transform if transform is not None else build_transform(train, image_size)
+    return [
+        InstructionDataset(
+            spec,
+            cfg.data_root,
+            transform,
+            train=train,
+            on_bad_media=cfg.on_bad_media,
+            seed=cfg.seed,
+            anno_root=cfg.anno_root,
+            max_retries=cfg.max_retries,
+            cache_decoded_mb=cfg.cache_decoded_mb,
+        )
+        for spec in cfg.datasets
+    ]
 
 
 def _shard(n: int, seed: int, epoch: int, rank: int, world_size: int, shuffle: bool = True) -> list[int]:
@@ -183,7 +209,7 @@ def _shard(n: int, seed: int, epoch: int, rank: int, world_size: int, shuffle: b
 
 
 class MetaLoaderBatchSampler(Sampler[list[int]]):
-    """Batches of global ConcatDataset indices, every batch from ONE dataset (SPEC 4.6, Q20 KEEP).
+    """Batches of global ConcatDataset indices, every batch from ONE dataset (docs/original.md §4.6, Q20 KEEP).
 
     Per dataset: DistributedSampler order (seed + epoch), this rank's shard, batches of batch_size with
     drop_last. Per pass: dataset i appears len(batches_i) times in a list shuffled by Random(seed + epoch), so
@@ -191,8 +217,16 @@ class MetaLoaderBatchSampler(Sampler[list[int]]):
     dataset order from (seed, epoch) without any broadcast, and takes its own shard of that dataset.
     """
 
-    def __init__(self, sizes: Sequence[int], batch_size: int, *, seed: int = 42, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 42,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.sizes, self.batch_size = list(sizes), batch_size
@@ -200,7 +234,7 @@ class MetaLoaderBatchSampler(Sampler[list[int]]):
         self.offsets = [0]
         for n in self.sizes[:-1]:
             self.offsets.append(self.offsets[-1] + n)
-        self.epoch, self.start_batch = 0, 0
+        self.epoch = 0
 
     def batches_per_dataset(self) -> list[int]:
         return [math.ceil(n / self.world_size) // self.batch_size if n else 0 for n in self.sizes]
@@ -219,23 +253,14 @@ class MetaLoaderBatchSampler(Sampler[list[int]]):
         return order
 
     def __iter__(self) -> Iterator[list[int]]:
-        shards = [_shard(n, self.seed, self.epoch, self.rank, self.world_size, self.shuffle) if n else []
-                  for n in self.sizes]
+        shards = [
+            _shard(n, self.seed, self.epoch, self.rank, self.world_size, self.shuffle) if n else [] for n in self.sizes
+        ]
         cursor = [0] * len(self.sizes)
-        for step, ds in enumerate(self.dataset_order()):
+        for ds in self.dataset_order():
             lo = cursor[ds]
             cursor[ds] += self.batch_size
-            if step < self.start_batch:
-                continue
             yield [self.offsets[ds] + i for i in shards[ds][lo : lo + self.batch_size]]
-        self.start_batch = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "start_batch": self.start_batch}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume: the same seed and epoch replay the same order; start_batch skips the batches already seen."""
-        self.seed, self.epoch, self.start_batch = state["seed"], state["epoch"], state.get("start_batch", 0)
 
 
 class ShuffledBatchSampler(MetaLoaderBatchSampler):
@@ -246,14 +271,19 @@ class ShuffledBatchSampler(MetaLoaderBatchSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         shard = _shard(sum(self.sizes), self.seed, self.epoch, self.rank, self.world_size, self.shuffle)
-        for step in range(self.start_batch, len(self)):
+        for step in range(len(self)):
             yield shard[step * self.batch_size : (step + 1) * self.batch_size]
-        self.start_batch = 0
 
 
-def build_mixture(datasets: Sequence[Dataset], batch_size: int, *, mixture: str = "meta_loader", seed: int = 42,
-                  rank: int = 0, world_size: int = 1) -> tuple[ConcatDataset, MetaLoaderBatchSampler]:
-    """Datasets -> (ConcatDataset, batch sampler) for DataLoader(concat, batch_sampler=sampler, collate_fn=...)."""
+def build_batch_sampler(
+    sizes: Sequence[int],
+    batch_size: int,
+    *,
+    mixture: str = "meta_loader",
+    seed: int = 42,
+    rank: int = 0,
+    world_size: int = 1,
+) -> MetaLoaderBatchSampler:
+    """Dataset sizes -> the batch sampler over their ConcatDataset (DataLoader(concat, batch_sampler=...))."""
     cls = {"meta_loader": MetaLoaderBatchSampler, "shuffled": ShuffledBatchSampler}[mixture]
-    sampler = cls([len(d) for d in datasets], batch_size, seed=seed, rank=rank, world_size=world_size)
-    return ConcatDataset(list(datasets)), sampler
+    return cls(sizes, batch_size, seed=seed, rank=rank, world_size=world_size)

@@ -10,6 +10,7 @@ Only video files go through it (decord / PyAV); images, GIFs and frame folders a
 full decode fails (a truncated tail, say) is read uncached from then on, so the cache never turns a sample that
 read_clip can read into bad media. With DataLoader workers each worker holds its own cache.
 """
+
 from __future__ import annotations
 
 import collections
@@ -40,8 +41,16 @@ class DecodedVideoCache:
     def __len__(self) -> int:
         return len(self._clips)
 
-    def read(self, path: str | os.PathLike, sampling: FrameSampling, *, rng: Rng = None, backend: str = "auto",
-             num_threads: int = 1, **kwargs) -> VideoClip:
+    def read(
+        self,
+        path: str | os.PathLike,
+        sampling: FrameSampling,
+        *,
+        rng: Rng = None,
+        backend: str = "auto",
+        num_threads: int = 1,
+        **kwargs,
+    ) -> VideoClip:
         """read_clip(path, sampling, rng=rng, backend=backend, ...) with the decoding done once per file.
 
         Windows (sampling.start/end) and keyword arguments for frame folders pass through to read_clip.
@@ -66,8 +75,9 @@ class DecodedVideoCache:
             self.hits += 1
             self._clips.move_to_end(key)
         indices = frame_indices(sampling, whole.total_frames, whole.fps, rng)
-        return VideoClip(whole.frames[indices], indices, whole.fps, whole.total_frames, whole.duration, path,
-                         whole.media_type)  # frames: a fresh (T, H, W, 3) uint8 array (fancy indexing copies)
+        return VideoClip(
+            whole.frames[indices], indices, whole.fps, whole.total_frames, whole.duration, path, whole.media_type
+        )  # frames: a fresh (T, H, W, 3) uint8 array (fancy indexing copies)
 
     def _put(self, key: tuple[str, str], clip: VideoClip) -> None:
         size = clip.frames.nbytes

@@ -1,17 +1,18 @@
 """(FrameSampling, total frames, fps) -> the list of frame indices to decode; one spec for train, eval and demos.
 
-Modes (DESIGN decision 5; every rule below reproduces the original code, including its quirks):
-- ``rand``: training sampling of SPEC 4.4 (``get_frame_indices(sample="rand")``, quirk Q15 kept).
-- ``middle``: SPEC 4.4 ``sample="middle"`` -> ``(b_k + b_{k+1} - 1) // 2`` (``fix_start`` -> ``b_k + fix_start``).
-- ``uniform_middle``: the evaluation/demo ``load_video`` of SPEC 7.1 (segment midpoints of ``(total-1)/n``).
+Modes (docs/design.md decision 5; every rule below reproduces the original code, including its quirks):
+- ``rand``: training sampling of docs/original.md §4.4 (``get_frame_indices(sample="rand")``, quirk Q15 kept).
+- ``middle``: docs/original.md §4.4 ``sample="middle"`` -> ``(b_k + b_{k+1} - 1) // 2`` (``fix_start`` -> ``b_k + fix_start``).
+- ``uniform_middle``: the evaluation/demo ``load_video`` of docs/original.md §7.1 (segment midpoints of ``(total-1)/n``).
   It differs from ``middle`` (e.g. 10 frames, 4 asked: middle [0,3,5,8] vs uniform_middle [1,3,5,8]).
-- ``mvbench``: MVBench ``get_index`` of SPEC 7.2 (start/end bounds, fps-1 rule when ``num_frames == 0``).
-- ``fps``: frames at ``fps`` frames per second (SPEC 4.4 ``fps{x}``), clamped to [min_frames, max_frames].
+- ``mvbench``: MVBench ``get_index`` of docs/original.md §7.2 (start/end bounds, fps-1 rule when ``num_frames == 0``).
+- ``fps``: frames at ``fps`` frames per second (docs/original.md §4.4 ``fps{x}``), clamped to [min_frames, max_frames].
 - ``all``: every frame of the clip (or of its window); num_frames is ignored (what DecodedVideoCache keeps).
 
 Rounding: the original used Python ``round`` / ``np.round`` on floats (both round half to even) and
 ``np.linspace(...).astype(int)``; the same calls are used here so halves fall the same way.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ class FrameSampling:
         if self.mode == "fps" and self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
 
-    def with_window(self, start: float | None, end: float | None) -> "FrameSampling":
+    def with_window(self, start: float | None, end: float | None) -> FrameSampling:
         """A copy with a clip window (seconds), e.g. from an annotation's start/end."""
         return dataclasses.replace(self, start=start, end=end)
 
@@ -78,7 +79,7 @@ def _distinct_sorted(rng: Rng, vlen: int, n: int) -> list[int]:
 
 
 def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_start: int | None = None) -> list[int]:
-    """SPEC 4.4 ``get_frame_indices`` for ``rand``/``middle``: indices in [0, vlen), padded to num_frames."""
+    """docs/original.md §4.4 ``get_frame_indices`` for ``rand``/``middle``: indices in [0, vlen), padded to num_frames."""
     if vlen <= 0:
         raise ValueError(f"cannot sample frames from a clip of {vlen} frames")
     n = min(num_frames, vlen)
@@ -86,7 +87,7 @@ def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_
     ranges = [(int(bounds[k]), int(bounds[k + 1]) - 1) for k in range(n)]
     if mode == "rand":
         try:
-            # SPEC Q15 [KEEP]: range(b_k, b_{k+1}-1) excludes each segment's last frame; a 1-frame segment
+            # docs/faithfulness.md Q15 [KEEP]: range(b_k, b_{k+1}-1) excludes each segment's last frame; a 1-frame segment
             # makes the range empty and the original fell back to n distinct random frames.
             idx = [_choice(rng, lo, hi) for lo, hi in ranges]
         except IndexError:
@@ -97,20 +98,20 @@ def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_
         idx = [(lo + hi) // 2 for lo, hi in ranges]
     else:
         raise ValueError(f"segment sampling has no mode {mode!r}")
-    if len(idx) < num_frames:  # short video: pad by repeating the last index (SPEC 4.4)
+    if len(idx) < num_frames:  # short video: pad by repeating the last index (docs/original.md §4.4)
         idx = idx + [idx[-1]] * (num_frames - len(idx))
     return idx
 
 
 def uniform_middle_indices(num_frames: int, total: int) -> list[int]:
-    """SPEC 7.1 ``load_video``: n = min(total, N), seg = (total-1)/n, (round(seg*i) + round(seg*(i+1))) // 2."""
+    """docs/original.md §7.1 ``load_video``: n = min(total, N), seg = (total-1)/n, (round(seg*i) + round(seg*(i+1))) // 2."""
     n = min(total, num_frames)
     seg = float(total - 1) / n
     return [(int(np.round(seg * i)) + int(np.round(seg * (i + 1)))) // 2 for i in range(n)]
 
 
 def mvbench_indices(sampling: FrameSampling, total: int, fps: float, first_idx: int = 0) -> list[int]:
-    """SPEC 7.2 ``get_index``; returns native frame numbers (first_idx = 1 for 1-based frame folders).
+    """docs/original.md §7.2 ``get_index``; returns native frame numbers (first_idx = 1 for 1-based frame folders).
 
     max_frame is the last valid frame number (total-1 for a video, total for a 1-based folder).
     """
@@ -129,7 +130,7 @@ def mvbench_indices(sampling: FrameSampling, total: int, fps: float, first_idx: 
 
 
 def fps_indices(sampling: FrameSampling, vlen: int, video_fps: float) -> list[int]:
-    """SPEC 4.4 ``fps{x}``: frame centres every 1/fps s, then clamped to [min_frames, max_frames].
+    """docs/original.md §4.4 ``fps{x}``: frame centres every 1/fps s, then clamped to [min_frames, max_frames].
 
     The original only capped at max frames (truncating the tail); a clip too short for min_frames here gets
     min_frames evenly spaced indices instead (the original would have returned fewer frames).
@@ -151,7 +152,7 @@ def frame_indices(
 ) -> list[int]:
     """0-based frame positions in the source to decode (len == frames returned; may repeat when padded).
 
-    For ``rand``/``middle``/``fps`` a [start, end] window follows SPEC 4.4 ``read_frames_decord``:
+    For ``rand``/``middle``/``fps`` a [start, end] window follows docs/original.md §4.4 ``read_frames_decord``:
     vlen = int((end-start)*fps), indices offset by int(start*fps). Indices past the end of the file (a window
     longer than the video) are clamped to the last frame, where the original raised and skipped the sample.
     """

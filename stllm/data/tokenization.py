@@ -1,10 +1,11 @@
-"""Text -> token ids exactly as the original's tokenizers produced them (SPEC 3.1, 3.3).
+"""Text -> token ids exactly as the original's tokenizers produced them (docs/original.md §3.1, 3.3).
 
 The original used transformers 4.28's *slow* `LlamaTokenizer` (sentencepiece, legacy mode): the text is split
 at special tokens, and every other chunk is encoded by sentencepiece on its own (so each chunk gets
 sentencepiece's dummy "▁" prefix). transformers 5 only has the fast tokenizer, whose ids can differ, so the
 LLM side here calls sentencepiece directly. The Q-Former side is BERT WordPiece (transformers' BertTokenizer).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ from transformers import BertTokenizer
 
 
 class LlamaSentencePieceTokenizer:
-    """A sentencepiece `tokenizer.model` plus ST-LLM's special-token setup (SPEC 3.1).
+    """A sentencepiece `tokenizer.model` plus ST-LLM's special-token setup (docs/original.md §3.1).
 
     InstructBLIP-base recipes: `[PAD]` appended as a new id (32000 for Vicuna), BOS = UNK = EOS = `</s>`.
     MiniGPT-4-base recipes: no new id, pad = the id of "$$" (or unk), BOS `<s>`.
@@ -25,8 +26,16 @@ class LlamaSentencePieceTokenizer:
 
     SPECIAL_PIECES = ("<unk>", "<s>", "</s>")
 
-    def __init__(self, model_file: str | Path, *, pad_token: str = "[PAD]", add_pad_token: bool = True,
-                 bos_token: str = "</s>", eos_token: str = "</s>", unk_token: str = "</s>") -> None:
+    def __init__(
+        self,
+        model_file: str | Path,
+        *,
+        pad_token: str = "[PAD]",
+        add_pad_token: bool = True,
+        bos_token: str = "</s>",
+        eos_token: str = "</s>",
+        unk_token: str = "</s>",
+    ) -> None:
         self.model_file = str(model_file)
         self.sp = spm.SentencePieceProcessor(model_file=self.model_file)
         self.sp_size = self.sp.get_piece_size()
@@ -35,8 +44,9 @@ class LlamaSentencePieceTokenizer:
             self.added[pad_token] = self.sp_size
         self.pad_token, self.bos_token, self.eos_token, self.unk_token = pad_token, bos_token, eos_token, unk_token
         specials = [t for t in self.SPECIAL_PIECES if self.sp.piece_to_id(t) != self.sp.unk_id() or t == "<unk>"]
-        self._split = re.compile("(" + "|".join(re.escape(t) for t in sorted(set(specials) | set(self.added),
-                                                                               key=len, reverse=True)) + ")")
+        self._split = re.compile(
+            "(" + "|".join(re.escape(t) for t in sorted(set(specials) | set(self.added), key=len, reverse=True)) + ")"
+        )
 
     def __len__(self) -> int:
         return self.sp_size + len(self.added)
@@ -82,12 +92,17 @@ class LlamaSentencePieceTokenizer:
 
     def save(self, directory: str | Path) -> dict:
         shutil.copyfile(self.model_file, Path(directory) / "tokenizer.model")
-        return {"pad_token": self.pad_token, "add_pad_token": bool(self.added), "bos_token": self.bos_token,
-                "eos_token": self.eos_token, "unk_token": self.unk_token}
+        return {
+            "pad_token": self.pad_token,
+            "add_pad_token": bool(self.added),
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "unk_token": self.unk_token,
+        }
 
 
 def load_qformer_tokenizer(vocab_dir: str | Path, max_length: int = 256) -> BertTokenizer:
-    """bert-base-uncased WordPiece + `[DEC]` as BOS, left truncation (SPEC 1.4)."""
+    """bert-base-uncased WordPiece + `[DEC]` as BOS, left truncation (docs/original.md §1.4)."""
     tok = BertTokenizer.from_pretrained(str(vocab_dir), do_lower_case=True)
     if tok.bos_token != "[DEC]":
         tok.add_special_tokens({"bos_token": "[DEC]"})
@@ -103,5 +118,6 @@ def save_qformer_tokenizer(tok: BertTokenizer, directory: str | Path) -> None:
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
     base = [t for t, i in vocab if t != "[DEC]"]
     (directory / "vocab.txt").write_text("\n".join(base) + "\n")
-    (directory / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True,
-                                                                 "tokenizer_class": "BertTokenizer"}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"do_lower_case": True, "tokenizer_class": "BertTokenizer"})
+    )

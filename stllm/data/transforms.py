@@ -1,16 +1,16 @@
 """uint8 frames (T,H,W,3) -> normalised float32 pixel_values (T,3,S,S): training and evaluation transforms.
 
-No torchvision (it does not install on the CPU torch, ENVIRONMENT.md section 1): the two pipelines are rebuilt
+No torchvision (the PyPI builds are CUDA builds that break the CPU install; see README, Install): the two pipelines are rebuilt
 from plain torch ops and Pillow, following what torchvision 0.15 did in the original:
-- training (SPEC 4.5): RandomResizedCrop(S, scale=(0.5, 1), ratio=(3/4, 4/3), bicubic) on the uint8 *tensor*
+- training (docs/original.md §4.5): RandomResizedCrop(S, scale=(0.5, 1), ratio=(3/4, 4/3), bicubic) on the uint8 *tensor*
   (one crop for all frames, no antialias, result rounded back to uint8), then /255 and CLIP normalisation;
-- evaluation (SPEC 7.1): frames were PIL images, so Resize(S) is Pillow's bicubic (shorter side to S), then
+- evaluation (docs/original.md §7.1): frames were PIL images, so Resize(S) is Pillow's bicubic (shorter side to S), then
   CenterCrop(S), /255, CLIP normalisation.
 """
+
 from __future__ import annotations
 
 import math
-
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-# CLIP statistics (SPEC 4.5)
+# CLIP statistics (docs/original.md §4.5)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -43,8 +43,9 @@ def normalize(frames_u8: torch.Tensor) -> torch.Tensor:
 
 # (x/255 - mean)/std for every uint8 value, computed with the same float32 ops as `normalize`, so a table
 # lookup gives bit-identical results in one pass instead of three (the eval path's hot loop).
-_NORM_LUT = ((np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0))
-             - np.array(CLIP_MEAN, dtype=np.float32)[:, None]) / np.array(CLIP_STD, dtype=np.float32)[:, None]
+_NORM_LUT = (
+    (np.arange(256, dtype=np.float32)[None, :] / np.float32(255.0)) - np.array(CLIP_MEAN, dtype=np.float32)[:, None]
+) / np.array(CLIP_STD, dtype=np.float32)[:, None]
 
 
 def normalize_hwc(frames: np.ndarray) -> torch.Tensor:
@@ -97,10 +98,14 @@ def resize_bicubic_tensor(frames_u8: torch.Tensor, size: tuple[int, int]) -> tor
 
 
 class TrainTransform:
-    """SPEC 4.5: (T,H,W,3) uint8 -> (T,3,S,S) float32; one RandomResizedCrop box shared by every frame."""
+    """docs/original.md §4.5: (T,H,W,3) uint8 -> (T,3,S,S) float32; one RandomResizedCrop box shared by every frame."""
 
-    def __init__(self, size: int = 224, scale: tuple[float, float] = (0.5, 1.0),
-                 ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)):
+    def __init__(
+        self,
+        size: int = 224,
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+    ):
         self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
 
     def __call__(self, frames: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -137,7 +142,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 class EvalTransform:
-    """SPEC 7.1: (T,H,W,3) uint8 -> (T,3,S,S) float32: shorter side to S (bicubic), centre crop, CLIP normalise.
+    """docs/original.md §7.1: (T,H,W,3) uint8 -> (T,3,S,S) float32: shorter side to S (bicubic), centre crop, CLIP normalise.
 
     resize="pil" (default) is exact: Pillow's bicubic on uint8 images, as the original did with PIL frames.
     resize="torch" is torch's uint8 antialiased bicubic (channels-last fast path): about 6x faster, but it
@@ -166,8 +171,9 @@ class EvalTransform:
             resized = x.permute(0, 2, 3, 1).numpy()  # (T, h, w, 3)
         else:
             size = (new_w, new_h)
-            resized = np.stack(list(_pool().map(lambda f: np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)),
-                                                arr)))  # Pillow releases the GIL while resampling
+            resized = np.stack(
+                list(_pool().map(lambda f: np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)), arr))
+            )  # Pillow releases the GIL while resampling
         return resized[:, top : top + self.size, left : left + self.size]  # (T, S, S, 3)
 
     def __call__(self, frames: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

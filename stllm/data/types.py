@@ -1,4 +1,5 @@
 """Plain records passed between pipeline stages: decoded clip -> training/eval item -> processor."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

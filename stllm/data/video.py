@@ -1,9 +1,10 @@
 """A media path + FrameSampling -> VideoClip (uint8 (T,H,W,3) RGB frames, fps, frame count, indices used).
 
-One seam for every media kind (DESIGN decision 6): video files via decord (PyAV when decord is missing or when
+One seam for every media kind (docs/design.md decision 6): video files via decord (PyAV when decord is missing or when
 asked), GIFs via Pillow, folders of numbered frames (jpg/png; MVBench's 1-based ``%05d.jpg``), single images.
 Only the sampled frames are decoded. Any unreadable input raises MediaError naming the file and the problem.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,9 @@ logger = logging.getLogger(__name__)
 VIDEO_EXTS = {".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp", ".wmv"}
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 BACKENDS = ("auto", "decord", "pyav", "gif", "frames", "image")
-GIF_DEFAULT_FPS = 25.0  # SPEC 4.4: the original gif reader reported 25 fps
+GIF_DEFAULT_FPS = 25.0  # docs/original.md §4.4: the original gif reader reported 25 fps
 
-try:  # DESIGN decision 9: decord is optional; PyAV is the fallback with the same result
+try:  # docs/design.md decision 9: decord is optional; PyAV is the fallback with the same result
     import decord
 
     HAVE_DECORD = True
@@ -68,7 +69,7 @@ def read_clip(
 
     backend: 'auto' (by path), 'decord', 'pyav', 'gif', 'frames', 'image'. folder_fps: frame rate of a frame
     folder (MVBench tvqa: 3; the original training rawframe reader: 5). max_source_frames: only the first N
-    frames of a frame folder count (the per-item ``num_frames`` of SPEC 4.2, applied per sample: Q17 fix).
+    frames of a frame folder count (the per-item ``num_frames`` of docs/original.md §4.2, applied per sample: Q17 fix).
     Returns VideoClip with frames uint8 (T, H, W, 3), T == len(indices).
     """
     path = str(path)
@@ -269,7 +270,7 @@ def _load_image(path: str) -> np.ndarray:
 
 
 def _read_image(path: str, sampling: FrameSampling, rng: Rng) -> VideoClip:
-    """A single image is a one-frame clip (SPEC 4.3: images load as (1, 3, H, W)); sampling is ignored."""
+    """A single image is a one-frame clip (docs/original.md §4.3: images load as (1, 3, H, W)); sampling is ignored."""
     return VideoClip(_load_image(path)[None], [0], 1.0, 1, 1.0, path, "image")
 
 

@@ -1,26 +1,30 @@
 """Benchmark YAML (configs/eval/*.yaml) + `key=value` overrides -> EvalConfig (typed, saved beside every result).
 
-Defaults are neutral; each benchmark's protocol (SPEC 7.2-7.5) lives in its YAML as data. Every [FIX] of SPEC 11
+Defaults are neutral; each benchmark's protocol (docs/original.md §7.2-7.5) lives in its YAML as data. Every [FIX] of docs/original.md §11
 that touches evaluation is a switch here, with the default named in the field comment.
 Load with `stllm.config.load_config(EvalConfig, path, overrides)`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Optional
 
-# benchmark type -> what phase 2 does with it (plain dict, DESIGN 4)
+from stllm.config import ConfigError
+from stllm.generation import GenerationConfig
+
+# benchmark type -> what phase 2 does with it (plain dict, docs/design.md decision 4)
 BENCHMARK_TYPES: dict[str, str] = {
-    "mcqa": "multiple choice, option matching (MVBench, TVBench; SPEC 7.2)",
-    "vcgbench": "open answers, five GPT-judged scores (VideoChatGPT-Bench; SPEC 7.3)",
-    "open_qa": "open answers, GPT-judged yes/no + score (MSVD/MSRVTT/ActivityNet-QA; SPEC 7.4)",
+    "mcqa": "multiple choice, option matching (MVBench, TVBench; docs/original.md §7.2)",
+    "vcgbench": "open answers, five GPT-judged scores (VideoChatGPT-Bench; docs/original.md §7.3)",
+    "open_qa": "open answers, GPT-judged yes/no + score (MSVD/MSRVTT/ActivityNet-QA; docs/original.md §7.4)",
 }
 LAYOUTS = ("mvbench", "vcgbench", "msvd", "msrvtt", "anet")
 
 
 @dataclass
 class TaskSpec:
-    """One row of an MVBench-style task table (SPEC 7.2): annotation json, media root, data type, bound flag."""
+    """One row of an MVBench-style task table (docs/original.md §7.2): annotation json, media root, data type, bound flag."""
 
     name: str = ""
     json: str = ""  # file name inside EvalConfig.anno_dir
@@ -32,23 +36,23 @@ class TaskSpec:
 
 @dataclass
 class FramesConfig:
-    """Test-time frame rule (SPEC 7.1 generic loader, 7.2 get_index)."""
+    """Test-time frame rule (docs/original.md §7.1 generic loader, 7.2 get_index)."""
 
-    rule: str = "uniform_middle"  # uniform_middle (SPEC 7.1, VCGBench/QA) | mvbench (SPEC 7.2 get_index)
+    rule: str = "uniform_middle"  # uniform_middle (docs/original.md §7.1, VCGBench/QA) | mvbench (docs/original.md §7.2 get_index)
     num_frames: int = 16  # mvbench rule: 0 => fps-1 rule (clip seconds, floored, clamped to [min_frames, max_frames])
     min_frames: int = 4
     max_frames: int = 16
-    size: int = 224  # resize shorter side (bicubic) + center crop, CLIP mean/std (SPEC 7.1)
+    size: int = 224  # resize shorter side (bicubic) + center crop, CLIP mean/std (docs/original.md §7.1)
 
 
 @dataclass
 class PromptConfig:
-    """Model prompt protocol (SPEC 7.2 ask_simple, 7.3 get_context_emb_sim / get_context_emb)."""
+    """Model prompt protocol (docs/original.md §7.2 ask_simple, 7.3 get_context_emb_sim / get_context_emb)."""
 
     # mvbench (ask_simple) | chat (InstructBLIP base, get_context_emb_sim) | minigpt4 (get_context_emb)
     style: str = "chat"
     system: str = ""  # system text S (protocol string, from the benchmark YAML)
-    use_system: bool = True  # SPEC Q27: on for MVBench/VCGBench/ANet, off for MSVD/MSRVTT
+    use_system: bool = True  # docs/faithfulness.md Q27: on for MVBench/VCGBench/ANet, off for MSVD/MSRVTT
     question_suffix: str = ""  # MVBench: "\nOnly give the best option."
     answer_prefix: str = ""  # MVBench: "Best option:(" (appended after "###Assistant: ")
     return_prefix: str = ""  # MVBench: "(" put back in front of the answer
@@ -57,48 +61,33 @@ class PromptConfig:
 
 
 @dataclass
-class GenerationConfig:
-    """Decoding settings handed to model.generate (SPEC 7.5)."""
-
-    num_beams: int = 1
-    do_sample: bool = False
-    max_new_tokens: int = 100
-    min_length: int = 1
-    top_p: float = 0.9
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0  # SPEC Q26: the chat path forces 1.5 (set in the VCGBench/QA YAMLs)
-    length_penalty: float = 1.0
-    max_length: int = 0  # SPEC Q7: 2000 for VCGBench/QA; 0 = no context budget
-    # SPEC Q7 [KEEP]: cut the embedded prompt from the left to max_length - max_new_tokens positions
-    keep_left_truncation: bool = True
-
-
-@dataclass
 class JudgePrompt:
     """One judge aspect: system and user message, each the concatenation of its pieces (kept as in the source)."""
 
-    system: List[str] = field(default_factory=list)
+    system: list[str] = field(default_factory=list)
     # placeholders: {question} {answer} {pred} {question1} {question2} {pred1} {pred2}
-    user: List[str] = field(default_factory=list)
-    keys: List[str] = field(default_factory=lambda: ["score"])  # keys the parsed reply must have
+    user: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=lambda: ["score"])  # keys the parsed reply must have
 
 
 @dataclass
 class JudgeConfig:
-    """OpenAI-compatible chat-completions judge (DESIGN 8, SPEC 7.3/7.4, Q33)."""
+    """OpenAI-compatible chat-completions judge (docs/design.md decision 8, docs/original.md §7.3/7.4, Q33)."""
 
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-3.5-turbo"  # the original: unversioned gpt-3.5-turbo
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (the key is never stored)
     temperature: Optional[float] = None  # None = field not sent (API default), as the original
     concurrency: int = 3  # the original ran --num_tasks 3 chunks
-    max_retries: int = 5  # SPEC Q33 [FIX]: bounded (the original retried forever)
+    max_retries: int = 5  # docs/faithfulness.md Q33 [FIX]: bounded (the original retried forever)
     backoff: float = 1.0  # first retry wait (s), doubled each retry
     max_backoff: float = 60.0
     timeout: float = 60.0  # seconds per HTTP call
     cache_dir: str = ""  # "" = <predictions dir>/judge_cache
-    consistency_judge_q1_twice: bool = True  # SPEC Q9 [KEEP]: the consistency judge sees Q1 as both questions
-    prompts: Dict[str, JudgePrompt] = field(default_factory=dict)  # aspect -> prompt (protocol data, from the YAML)
+    consistency_judge_q1_twice: bool = (
+        True  # docs/faithfulness.md Q9 [KEEP]: the consistency judge sees Q1 as both questions
+    )
+    prompts: dict[str, JudgePrompt] = field(default_factory=dict)  # aspect -> prompt (protocol data, from the YAML)
 
 
 @dataclass
@@ -110,42 +99,48 @@ class EvalConfig:
     layout: str = "mvbench"  # annotation reader, see LAYOUTS
     data_root: str = ""  # every path below is relative to it (or absolute)
     anno_dir: str = ""  # mvbench layout: folder with the per-task json files
-    tasks: List[TaskSpec] = field(default_factory=list)  # mvbench layout: task table (SPEC 7.2)
+    tasks: list[TaskSpec] = field(default_factory=list)  # mvbench layout: task table (docs/original.md §7.2)
     # mvbench layout: add every other *.json in anno_dir as a task (media: <discovered_media_root>/<stem>)
     discover_tasks: bool = False
     discovered_media_root: str = ""  # media root for discovered tasks, relative to data_root
     # task -> question json (vcgbench: generic/temporal/consistency; QA layouts: one file)
-    question_files: Dict[str, str] = field(default_factory=dict)
+    question_files: dict[str, str] = field(default_factory=dict)
     answer_file: str = ""  # anet layout: test_a.json, aligned by list index
     video_dir: str = ""  # vcgbench / QA layouts
-    video_extensions: List[str] = field(default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv"])
+    video_extensions: list[str] = field(default_factory=lambda: [".mp4", ".avi", ".mov", ".mkv"])
     anet_video_prefix: str = "v_"
-    anet_try_extensions: bool = True  # SPEC Q10 [FIX]: ANet names lack an extension; False = exact path as the original
-    vcgbench_keep_previous_video: bool = False  # SPEC Q29 [FIX]; True = reuse the previous video if none matches
-    legacy_mvbench_all_tokens: bool = False  # SPEC Q1 [FIX]; True = MVBench feeds all T*32 tokens whatever video_input
+    anet_try_extensions: bool = (
+        True  # docs/faithfulness.md Q10 [FIX]: ANet names lack an extension; False = exact path as the original
+    )
+    vcgbench_keep_previous_video: bool = (
+        False  # docs/faithfulness.md Q29 [FIX]; True = reuse the previous video if none matches
+    )
+    legacy_mvbench_all_tokens: bool = (
+        False  # docs/faithfulness.md Q1 [FIX]; True = MVBench feeds all T*32 tokens whatever video_input
+    )
     limit: int = 0  # > 0: only the first N items (smoke runs)
     frames: FramesConfig = field(default_factory=FramesConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     batch_size: int = 1
     retry_errors: bool = True  # a rerun retries items whose video failed to load
-    dtype: str = "auto"  # auto (fp16 on CUDA, as SPEC 7.0; fp32 on CPU) | float16 | bfloat16 | float32
+    dtype: str = "auto"  # auto (fp16 on CUDA, as docs/original.md §7.0; fp32 on CPU) | float16 | bfloat16 | float32
     output_dir: str = "eval_outputs"
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 def validate(cfg: EvalConfig) -> None:
-    """Raise ValueError for values the schema's types cannot express (names the field and the choices)."""
+    """Raise ConfigError for values the schema's types cannot express (names the field and the choices)."""
     if cfg.type not in BENCHMARK_TYPES:
-        raise ValueError(f"type={cfg.type!r}; choose one of {', '.join(BENCHMARK_TYPES)}")
+        raise ConfigError(f"type={cfg.type!r}; choose one of {', '.join(BENCHMARK_TYPES)}")
     if cfg.layout not in LAYOUTS:
-        raise ValueError(f"layout={cfg.layout!r}; choose one of {', '.join(LAYOUTS)}")
+        raise ConfigError(f"layout={cfg.layout!r}; choose one of {', '.join(LAYOUTS)}")
     if cfg.frames.rule not in ("uniform_middle", "mvbench"):
-        raise ValueError(f"frames.rule={cfg.frames.rule!r}; choose uniform_middle or mvbench")
+        raise ConfigError(f"frames.rule={cfg.frames.rule!r}; choose uniform_middle or mvbench")
     if cfg.prompt.style not in ("mvbench", "chat", "minigpt4"):
-        raise ValueError(f"prompt.style={cfg.prompt.style!r}; choose mvbench, chat or minigpt4")
+        raise ConfigError(f"prompt.style={cfg.prompt.style!r}; choose mvbench, chat or minigpt4")
     if cfg.batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+        raise ConfigError("batch_size must be >= 1")
     for task in cfg.tasks:
         if task.data_type not in ("video", "frame", "gif"):
-            raise ValueError(f"task {task.name!r}: data_type={task.data_type!r}; choose video, frame or gif")
+            raise ConfigError(f"task {task.name!r}: data_type={task.data_type!r}; choose video, frame or gif")

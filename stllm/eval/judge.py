@@ -1,9 +1,10 @@
 """(judge prompt, values) -> parsed judge verdict {'score': int[, 'pred': 'yes'|'no']} via any OpenAI-compatible
-chat-completions endpoint, with a disk cache, bounded retries and counted failures (DESIGN 8, SPEC 7.3/7.4, Q33).
+chat-completions endpoint, with a disk cache, bounded retries and counted failures (docs/design.md decision 8, docs/original.md §7.3/7.4, Q33).
 
 The API key is read from the environment variable named in JudgeConfig.api_key_env and used only in the
 Authorization header: it is never logged, never part of a cache key, never written to disk.
 """
+
 from __future__ import annotations
 
 import ast
@@ -12,15 +13,15 @@ import http.client
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 from tqdm import tqdm
@@ -37,6 +38,7 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 def build_messages(prompt: JudgePrompt, values: dict[str, str]) -> list[dict[str, str]]:
     """Fill the placeholders in one pass (an answer that contains "{pred}" stays literal)."""
+
     def fill(pieces: Sequence[str]) -> str:
         return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), "")), "".join(pieces))
 
@@ -118,20 +120,27 @@ class JudgeClient:
     @property
     def identity(self) -> dict[str, Any]:
         """What results.json records about the judge (host + model + temperature; never the key)."""
-        return {"host": urlparse(self.cfg.base_url).netloc, "model": self.cfg.model,
-                "temperature": self.cfg.temperature}
+        return {
+            "host": urlparse(self.cfg.base_url).netloc,
+            "model": self.cfg.model,
+            "temperature": self.cfg.temperature,
+        }
 
     def cache_key(self, messages: list[dict[str, str]]) -> str:
-        blob = json.dumps({"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature},
-                          sort_keys=True, ensure_ascii=False)
+        blob = json.dumps(
+            {"model": self.cfg.model, "messages": messages, "temperature": self.cfg.temperature},
+            sort_keys=True,
+            ensure_ascii=False,
+        )
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def _post(self, messages: list[dict[str, str]]) -> str:
         body: dict[str, Any] = {"model": self.cfg.model, "messages": messages}
         if self.cfg.temperature is not None:  # None: no field, the API default, as the original
             body["temperature"] = self.cfg.temperature
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url, data=json.dumps(body).encode("utf-8"), method="POST", headers={"Content-Type": "application/json"}
+        )
         if self._key:
             req.add_unredirected_header("Authorization", f"Bearer {self._key}")
         with self._lock:
@@ -141,7 +150,7 @@ class JudgeClient:
         return payload["choices"][0]["message"]["content"]
 
     def _wait(self, attempt: int, retry_after: Optional[str]) -> None:
-        delay = self.cfg.backoff * (2 ** attempt)
+        delay = self.cfg.backoff * (2**attempt)
         if retry_after:
             try:
                 delay = float(retry_after)
@@ -170,16 +179,21 @@ class JudgeClient:
                 retry_after = err.headers.get("Retry-After") if err.headers else None
                 if err.code not in RETRY_STATUS:
                     return Verdict(None, error=error, attempts=attempt + 1)
-            except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError,
-                    ConnectionError) as err:
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as err:
                 error = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
             except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
                 error = f"bad response body ({type(err).__name__})"
             else:
                 result, how = parse_reply(reply, keys)
                 if result is not None:
-                    entry = {"model": self.cfg.model, "temperature": self.cfg.temperature, "messages": messages,
-                             "reply": reply, "result": result, "parse": how}
+                    entry = {
+                        "model": self.cfg.model,
+                        "temperature": self.cfg.temperature,
+                        "messages": messages,
+                        "reply": reply,
+                        "result": result,
+                        "parse": how,
+                    }
                     tmp = path.with_suffix(f".tmp{threading.get_ident()}")
                     tmp.write_text(json.dumps(entry, ensure_ascii=False))
                     tmp.replace(path)
@@ -190,18 +204,22 @@ class JudgeClient:
                 self._wait(attempt, retry_after)
         return Verdict(None, error=error, attempts=self.cfg.max_retries + 1)
 
-    def judge_many(self, requests: Sequence[tuple[list[dict[str, str]], Sequence[str]]],
-                   desc: str = "judge") -> list[Verdict]:
+    def judge_many(
+        self, requests: Sequence[tuple[list[dict[str, str]], Sequence[str]]], desc: str = "judge"
+    ) -> list[Verdict]:
         """Judge requests concurrently (cfg.concurrency threads); order of the results = order of the requests."""
         out: list[Optional[Verdict]] = [None] * len(requests)
-        with ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool, \
-                tqdm(total=len(requests), desc=desc) as bar:
+        with (
+            ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool,
+            tqdm(total=len(requests), desc=desc) as bar,
+        ):
             futures = {pool.submit(self.judge, m, k): i for i, (m, k) in enumerate(requests)}
             for fut in futures:
                 out[futures[fut]] = fut.result()
                 bar.update(1)
         failed = sum(v.error is not None for v in out if v)
         if failed:
-            logger.warning("%s: the judge failed on %d of %d requests (excluded from the means)",
-                           desc, failed, len(requests))
+            logger.warning(
+                "%s: the judge failed on %d of %d requests (excluded from the means)", desc, failed, len(requests)
+            )
         return [v for v in out if v is not None]

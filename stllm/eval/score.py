@@ -1,9 +1,10 @@
 """`python -m stllm score PREDICTIONS [--judge-base-url URL --judge-model M] [key=value ...]`
--> results.json, results.md and a bar chart PNG beside the predictions (phase 2 of DESIGN 8).
+-> results.json, results.md and a bar chart PNG beside the predictions (phase 2 of docs/design.md decision 8).
 
 The protocol (benchmark type, judge prompts) comes from eval_config.yaml written by phase 1 beside the predictions;
 key=value overrides apply on top (e.g. judge.temperature=0, judge.consistency_judge_q1_twice=false).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,15 +12,16 @@ import datetime
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
+from stllm import code_version
 from stllm.config import config_to_dict, load_config
 from stllm.eval.config import EvalConfig, validate
 from stllm.eval.judge import JudgeClient, build_messages
-from stllm.eval.run import code_version
-from stllm.eval.runner import read_records
-from stllm.eval.scoring import judge_requests, score_mcqa, score_open_qa, score_vcgbench
+from stllm.eval.metrics import judge_requests, score_mcqa, score_open_qa, score_vcgbench
+from stllm.eval.records import read_records
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +38,16 @@ def judge_records(records: list[dict[str, Any]], cfg: EvalConfig, cache_dir: Pat
         raise SystemExit(f"eval config has no judge prompt for {', '.join(missing)} (judge.prompts)")
     key = os.environ.get(cfg.judge.api_key_env)
     if not key:
-        logger.warning("environment variable %s is not set: calling the judge without a key",
-                       cfg.judge.api_key_env)
+        logger.warning("environment variable %s is not set: calling the judge without a key", cfg.judge.api_key_env)
     client = JudgeClient(cfg.judge, key, cache_dir)
     calls = [(build_messages(cfg.judge.prompts[a], v), cfg.judge.prompts[a].keys) for _, a, v in requests]
     verdicts = client.judge_many(calls, desc=f"judge {cfg.benchmark}")
     return [(pos, a, v) for (pos, a, _), v in zip(requests, verdicts)], client
 
 
-def compute_metrics(records: list[dict[str, Any]], cfg: EvalConfig,
-                    cache_dir: Path) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+def compute_metrics(
+    records: list[dict[str, Any]], cfg: EvalConfig, cache_dir: Path
+) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """-> (metrics, judge info or None)."""
     if cfg.type == "mcqa":
         return score_mcqa(records), None
@@ -56,22 +58,34 @@ def compute_metrics(records: list[dict[str, Any]], cfg: EvalConfig,
     else:
         metrics = score_open_qa([v.result for _, _, v in judged], errors)
     failed = [{"id": records[p]["id"], "aspect": a, "error": v.error} for p, a, v in judged if v.error]
-    info = {**client.identity, "calls": client.calls, "requests": len(judged),
-            "cached": sum(v.cached for _, _, v in judged), "failures": len(failed), "failed_items": failed[:100],
-            "parsed_by_fallback": sum(v.parse not in ("", "literal_eval") for _, _, v in judged if v.result),
-            "consistency_judge_q1_twice": cfg.judge.consistency_judge_q1_twice if cfg.type == "vcgbench" else None}
+    info = {
+        **client.identity,
+        "calls": client.calls,
+        "requests": len(judged),
+        "cached": sum(v.cached for _, _, v in judged),
+        "failures": len(failed),
+        "failed_items": failed[:100],
+        "parsed_by_fallback": sum(v.parse not in ("", "literal_eval") for _, _, v in judged if v.result),
+        "consistency_judge_q1_twice": cfg.judge.consistency_judge_q1_twice if cfg.type == "vcgbench" else None,
+    }
     return metrics, info
 
 
 def to_markdown(results: dict[str, Any]) -> str:
     m, kind = results["metrics"], results["type"]
-    lines = [f"# {results['benchmark']} results", "", f"model: `{results['model']}`  ",
-             f"frames: {results['frames']['rule']} ({results['frames']['num_frames']})  ",
-             f"decoding: {results['generation']['rule']}, beams {results['generation']['num_beams']}  "]
+    lines = [
+        f"# {results['benchmark']} results",
+        "",
+        f"model: `{results['model']}`  ",
+        f"frames: {results['frames']['rule']} ({results['frames']['num_frames']})  ",
+        f"decoding: {results['generation']['rule']}, beams {results['generation']['num_beams']}  ",
+    ]
     if results.get("judge"):
         j = results["judge"]
-        lines.append(f"judge: {j['model']} @ {j['host']} (temperature {j['temperature']}), "
-                     f"failures {j['failures']} of {j['requests']}  ")
+        lines.append(
+            f"judge: {j['model']} @ {j['host']} (temperature {j['temperature']}), "
+            f"failures {j['failures']} of {j['requests']}  "
+        )
     lines.append("")
     if kind == "mcqa":
         lines += ["| task | n | acc (loose, original) | acc (strict) |", "| --- | --- | --- | --- |"]
@@ -85,9 +99,12 @@ def to_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {_fmt(a['score'])} | {a['judged']} | {a['judge_failures']} |")
         lines.append(f"| **mean** | {_fmt(m['mean'])} | | |")
     else:
-        lines += ["| accuracy | score | yes | no | judged | judge failures |", "| --- | --- | --- | --- | --- | --- |",
-                  f"| {_fmt(m['accuracy'], 1)} | {_fmt(m['score'])} | {m['yes']} | {m['no']} | {m['judged']} "
-                  f"| {m['judge_failures']} |"]
+        lines += [
+            "| accuracy | score | yes | no | judged | judge failures |",
+            "| --- | --- | --- | --- | --- | --- |",
+            f"| {_fmt(m['accuracy'], 1)} | {_fmt(m['score'])} | {m['yes']} | {m['no']} | {m['judged']} "
+            f"| {m['judge_failures']} |",
+        ]
     if m.get("item_errors"):
         lines += ["", f"**{m['item_errors']} items could not be read in phase 1 and are not scored.**"]
     return "\n".join(lines) + "\n"
@@ -103,8 +120,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     m, kind = results["metrics"], results["type"]
     if kind == "mcqa":
         names = list(m["tasks"]) + ["Total Acc"]
-        series = {"loose": [m["tasks"][n]["acc"] for n in m["tasks"]] + [m["total_acc"]],
-                  "strict": [m["tasks"][n]["strict_acc"] for n in m["tasks"]] + [m["strict_total_acc"]]}
+        series = {
+            "loose": [m["tasks"][n]["acc"] for n in m["tasks"]] + [m["total_acc"]],
+            "strict": [m["tasks"][n]["strict_acc"] for n in m["tasks"]] + [m["strict_total_acc"]],
+        }
         ylabel = "accuracy (%)"
     elif kind == "vcgbench":
         names = list(m["aspects"]) + ["mean"]
@@ -143,16 +162,23 @@ def score(predictions: Path, cfg: EvalConfig, output_dir: Optional[Path] = None)
     info_path = predictions.parent / "run_info.json"
     run_info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     results = {
-        "benchmark": cfg.benchmark, "type": cfg.type, "model": run_info.get("model", "unknown"),
-        "predictions": str(predictions), "n_records": len(records), "metrics": metrics, "judge": judge,
+        "benchmark": cfg.benchmark,
+        "type": cfg.type,
+        "model": run_info.get("model", "unknown"),
+        "predictions": str(predictions),
+        "n_records": len(records),
+        "metrics": metrics,
+        "judge": judge,
         "frames": config_to_dict(cfg)["frames"],
         "generation": run_info.get("generation", config_to_dict(cfg)["generation"]),
         "phase1_code_version": run_info.get("code_version"),
-        "code_version": code_version(), "scored_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "code_version": code_version(),
+        "scored_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "config": config_to_dict(cfg),
     }
-    results["generation"].setdefault("rule", "sample" if cfg.generation.do_sample else
-                                     ("beam" if cfg.generation.num_beams > 1 else "greedy"))
+    results["generation"].setdefault(
+        "rule", "sample" if cfg.generation.do_sample else ("beam" if cfg.generation.num_beams > 1 else "greedy")
+    )
     results["sampling_rule"] = results["generation"]["rule"]
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(to_markdown(results))

@@ -1,8 +1,9 @@
 """Model settings -> `StllmConfig` (a transformers composite config) and the named presets of the released models.
 
 Sub-configs are transformers' own: `InstructBlipVisionConfig` (EVA ViT-g), `InstructBlipQFormerConfig` and
-`LlamaConfig` (Vicuna-7B). The ST-LLM fields follow SPEC sections 1-3; every default is the released models'.
+`LlamaConfig` (Vicuna-7B). The ST-LLM fields follow docs/original.md §1-3; every default is the released models'.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,7 @@ VIDEO_INPUT_MODES = ("all", "mean", "residual")
 class StllmConfig(PretrainedConfig):
     """Configuration of `StllmForConditionalGeneration`.
 
-    ST-LLM fields (SPEC pointers in brackets):
+    ST-LLM fields (docs/original.md sections in brackets):
         num_query_tokens: Q-Former queries per frame (32) [1.4].
         video_input: "all" (T*Q tokens), "mean" (Q tokens, frame average) or "residual" (global-local,
             residual_size*Q tokens) [1.7].
@@ -29,12 +30,12 @@ class StllmConfig(PretrainedConfig):
         video_token_id: placeholder id in `input_ids` where video tokens are scattered. It is not a row of the
             LLM's embedding (default: the text vocabulary size), so the vocabulary stays the original's.
         freeze_vision / freeze_qformer / freeze_llm: the recipe's trainable set [1.11].
-        qformer_dropout_in_train: SPEC Q2 [KEEP]: with the BT-Adapter tower the frozen Q-Former follows
+        qformer_dropout_in_train: docs/faithfulness.md Q2 [KEEP]: with the BT-Adapter tower the frozen Q-Former follows
             `model.train()` (dropout 0.1 active); with plain EVA it stays in eval mode. "legacy" reproduces this,
             "never" always keeps the frozen Q-Former in eval mode.
-        mvm_visual_start: SPEC Q3 [FIX]: None uses each sample's real video position for the MVM slice; an int
+        mvm_visual_start: docs/faithfulness.md Q3 [FIX]: None uses each sample's real video position for the MVM slice; an int
             (the original's 8 for MiniGPT-4 recipes) reproduces the hard-coded offset.
-        vision_autocast_dtype: SPEC Q16 [KEEP]: the vision path runs under this autocast dtype on CUDA ("float16"
+        vision_autocast_dtype: docs/faithfulness.md Q16 [KEEP]: the vision path runs under this autocast dtype on CUDA ("float16"
             as the original); None disables it.
         num_frames: frames the recipe feeds per video (16 for QA, 64 for conversation); informational default
             for processors and demos.
@@ -120,16 +121,18 @@ class StllmConfig(PretrainedConfig):
         if self.video_input not in VIDEO_INPUT_MODES:
             raise ValueError(f"video_input must be one of {VIDEO_INPUT_MODES}, got {self.video_input!r}")
         if self.qformer_dropout_in_train not in ("legacy", "never"):
-            raise ValueError("qformer_dropout_in_train must be 'legacy' or 'never', "
-                             f"got {self.qformer_dropout_in_train!r}")
+            raise ValueError(
+                f"qformer_dropout_in_train must be 'legacy' or 'never', got {self.qformer_dropout_in_train!r}"
+            )
         if not 0.0 <= self.mask_ratio_min <= self.mask_ratio_max < 1.0:
-            raise ValueError(f"need 0 <= mask_ratio_min <= mask_ratio_max < 1, got {self.mask_ratio_min}, "
-                             f"{self.mask_ratio_max}")
+            raise ValueError(
+                f"need 0 <= mask_ratio_min <= mask_ratio_max < 1, got {self.mask_ratio_min}, {self.mask_ratio_max}"
+            )
         if self.residual_size < 1 or self.num_query_tokens < 1:
             raise ValueError("residual_size and num_query_tokens must be positive")
 
     def num_video_tokens(self, num_frames: int, video_input: str | None = None) -> int:
-        """Number of video placeholder positions for a clip of `num_frames` frames (SPEC 1.7).
+        """Number of video placeholder positions for a clip of `num_frames` frames (docs/original.md §1.7).
 
         A single frame is an image: it always gives `num_query_tokens` tokens (no aggregation, no masking).
         """
@@ -156,14 +159,22 @@ def _as_config(cls: type[PretrainedConfig], value: Any) -> PretrainedConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Presets. Full sizes are SPEC 1.2 (EVA ViT-g/14 without its last block: 39 x 1408, MLP 6144, 16 heads),
+# Presets. Full sizes are docs/original.md §1.2 (EVA ViT-g/14 without its last block: 39 x 1408, MLP 6144, 16 heads),
 # 1.4 (BERT-base Q-Former, cross-attention every 2nd layer, 30522 + [DEC] words) and 1.6 (Vicuna-7B, +[PAD]).
 
 
 def eva_vit_g_config(**overrides: Any) -> dict[str, Any]:
     cfg = dict(
-        hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16, image_size=224,
-        patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, attention_dropout=0.0, qkv_bias=True,
+        hidden_size=1408,
+        intermediate_size=6144,
+        num_hidden_layers=39,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        hidden_act="gelu",
+        layer_norm_eps=1e-6,
+        attention_dropout=0.0,
+        qkv_bias=True,
         initializer_range=1e-10,
     )
     cfg.update(overrides)
@@ -172,9 +183,19 @@ def eva_vit_g_config(**overrides: Any) -> dict[str, Any]:
 
 def qformer_base_config(**overrides: Any) -> dict[str, Any]:
     cfg = dict(
-        vocab_size=30523, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
-        layer_norm_eps=1e-12, pad_token_id=0, cross_attention_frequency=2, encoder_hidden_size=1408,
+        vocab_size=30523,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=512,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        cross_attention_frequency=2,
+        encoder_hidden_size=1408,
         initializer_range=0.02,
     )
     cfg.update(overrides)
@@ -183,34 +204,59 @@ def qformer_base_config(**overrides: Any) -> dict[str, Any]:
 
 def vicuna_7b_config(**overrides: Any) -> dict[str, Any]:
     cfg = dict(
-        vocab_size=32001, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6,
-        rope_theta=10000.0, attention_bias=False, tie_word_embeddings=False,
-        bos_token_id=2, eos_token_id=2, pad_token_id=32000,
+        vocab_size=32001,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        hidden_act="silu",
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        attention_bias=False,
+        tie_word_embeddings=False,
+        bos_token_id=2,
+        eos_token_id=2,
+        pad_token_id=32000,
     )
     cfg.update(overrides)
     return cfg
 
 
 def _preset_stllm_qa() -> StllmConfig:
-    # SPEC 12: EVA + BT-Adapter, InstructBLIP Q-Former with text, all tokens of 16 frames, masking + MVM.
+    # docs/original.md §12: EVA + BT-Adapter, InstructBLIP Q-Former with text, all tokens of 16 frames, masking + MVM.
     return StllmConfig(
-        vision_config=eva_vit_g_config(), qformer_config=qformer_base_config(), text_config=vicuna_7b_config(),
-        video_input="all", use_mask=True, mvm_decode=True, btadapter=True, num_frames=16, recipe="stllm-qa",
+        vision_config=eva_vit_g_config(),
+        qformer_config=qformer_base_config(),
+        text_config=vicuna_7b_config(),
+        video_input="all",
+        use_mask=True,
+        mvm_decode=True,
+        btadapter=True,
+        num_frames=16,
+        recipe="stllm-qa",
     )
 
 
 def _preset_stllm_conversation() -> StllmConfig:
-    # SPEC 12: plain EVA, global-local input over 64 frames with 16 local frames, masking + MVM.
+    # docs/original.md §12: plain EVA, global-local input over 64 frames with 16 local frames, masking + MVM.
     return StllmConfig(
-        vision_config=eva_vit_g_config(), qformer_config=qformer_base_config(), text_config=vicuna_7b_config(),
-        video_input="residual", residual_size=16, use_mask=True, mvm_decode=True, btadapter=False, num_frames=64,
+        vision_config=eva_vit_g_config(),
+        qformer_config=qformer_base_config(),
+        text_config=vicuna_7b_config(),
+        video_input="residual",
+        residual_size=16,
+        use_mask=True,
+        mvm_decode=True,
+        btadapter=False,
+        num_frames=64,
         recipe="stllm-conversation",
     )
 
 
 def _preset_minigpt4(base: StllmConfig, recipe: str) -> StllmConfig:
-    # SPEC 1.1, 3.1: BLIP-2 Q-Former without text input, Vicuna v0 with its 32000 words and <s> = 1 as BOS.
+    # docs/original.md §1.1, 3.1: BLIP-2 Q-Former without text input, Vicuna v0 with its 32000 words and <s> = 1 as BOS.
     base.qformer_text_input = False
     base.qformer_config.vocab_size = 30522
     base.text_config.vocab_size = 32000
@@ -228,14 +274,42 @@ def _preset_tiny() -> StllmConfig:
     features in a freshly initialised tower).
     """
     return StllmConfig(
-        vision_config=eva_vit_g_config(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                                       num_attention_heads=4, image_size=28, patch_size=14, initializer_range=0.02),
-        qformer_config=qformer_base_config(vocab_size=375, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                           intermediate_size=128, encoder_hidden_size=64),
-        text_config=vicuna_7b_config(vocab_size=513, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=4, pad_token_id=512),
-        num_query_tokens=4, residual_size=2, residual_hidden_size=16, video_input="all", use_mask=True,
-        mvm_decode=True, btadapter=False, btadapter_depth=2, num_frames=4, recipe="tiny",
+        vision_config=eva_vit_g_config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            image_size=28,
+            patch_size=14,
+            initializer_range=0.02,
+        ),
+        qformer_config=qformer_base_config(
+            vocab_size=375,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            encoder_hidden_size=64,
+        ),
+        text_config=vicuna_7b_config(
+            vocab_size=513,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            pad_token_id=512,
+        ),
+        num_query_tokens=4,
+        residual_size=2,
+        residual_hidden_size=16,
+        video_input="all",
+        use_mask=True,
+        mvm_decode=True,
+        btadapter=False,
+        btadapter_depth=2,
+        num_frames=4,
+        recipe="tiny",
     )
 
 
@@ -243,7 +317,9 @@ PRESETS = {
     "stllm-qa": _preset_stllm_qa,
     "stllm-conversation": _preset_stllm_conversation,
     "stllm-qa-minigpt4": lambda: _preset_minigpt4(_preset_stllm_qa(), "stllm-qa-minigpt4"),
-    "stllm-conversation-minigpt4": lambda: _preset_minigpt4(_preset_stllm_conversation(), "stllm-conversation-minigpt4"),
+    "stllm-conversation-minigpt4": lambda: _preset_minigpt4(
+        _preset_stllm_conversation(), "stllm-conversation-minigpt4"
+    ),
     "tiny": _preset_tiny,
 }
 

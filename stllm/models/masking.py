@@ -1,10 +1,11 @@
-"""Dynamic token masking and the masked-video-modelling loss (SPEC 2): video tokens -> kept subset, 2 - 2cos loss.
+"""Dynamic token masking and the masked-video-modelling loss (docs/original.md §2): video tokens -> kept subset, 2 - 2cos loss.
 
 The original draws one ratio per batch, r ~ clip(N(0.5, 0.1), 0.1, 0.7), drops int(r * L) of the L video
 tokens of every sample (the same count, different positions) and never inserts a mask token: the kept tokens
-close ranks, so their RoPE positions are contiguous (SPEC 2.1). The MVM target is the full (unmasked) run's
-final hidden state at the *kept* tokens, without gradient (SPEC 2.2, Q6b [KEEP]).
+close ranks, so their RoPE positions are contiguous (docs/original.md §2.1). The MVM target is the full (unmasked) run's
+final hidden state at the *kept* tokens, without gradient (docs/original.md §2.2, Q6b [KEEP]).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,14 @@ import torch.nn.functional as F
 
 
 def sample_mask_ratio(mean: float, std: float, low: float, high: float, rng: np.random.Generator) -> float:
-    """SPEC 2.1 step 2: one ratio per forward call, r = clip(N(mean, std), low, high)."""
+    """docs/original.md §2.1 step 2: one ratio per forward call, r = clip(N(mean, std), low, high)."""
     return float(np.clip(rng.normal(mean, std), low, high))
 
 
-def sample_dropped_tokens(batch: int, length: int, ratio: float, generator: torch.Generator | None = None,
-                          device: torch.device | str = "cpu") -> torch.Tensor:
-    """SPEC 2.1 step 3: bool (B, L), True = dropped; exactly int(ratio * L) per row, positions random per row."""
+def sample_dropped_tokens(
+    batch: int, length: int, ratio: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """docs/original.md §2.1 step 3: bool (B, L), True = dropped; exactly int(ratio * L) per row, positions random per row."""
     num_drop = int(ratio * length)
     scores = torch.rand(batch, length, generator=generator)  # a random permutation per row
     order = scores.argsort(dim=1)
@@ -31,12 +33,16 @@ def sample_dropped_tokens(batch: int, length: int, ratio: float, generator: torc
 def check_dropped_tokens(dropped: torch.Tensor, batch: int, length: int) -> None:
     """A caller-given mask must be (B, L) bool with the same number of dropped tokens in every row."""
     if dropped.dtype != torch.bool or tuple(dropped.shape) != (batch, length):
-        raise ValueError(f"dropped_tokens must be a bool tensor of shape ({batch}, {length}) (batch, video tokens), "
-                         f"got {tuple(dropped.shape)} {dropped.dtype}")
+        raise ValueError(
+            f"dropped_tokens must be a bool tensor of shape ({batch}, {length}) (batch, video tokens), "
+            f"got {tuple(dropped.shape)} {dropped.dtype}"
+        )
     counts = dropped.sum(dim=1)
     if not bool((counts == counts[0]).all()):
-        raise ValueError(f"dropped_tokens must drop the same number of tokens in every sample (SPEC 2.1), got "
-                         f"{counts.tolist()}")
+        raise ValueError(
+            f"dropped_tokens must drop the same number of tokens in every sample (docs/original.md §2.1), got "
+            f"{counts.tolist()}"
+        )
     if int(counts[0]) >= length:
         raise ValueError("dropped_tokens drops every video token; at least one must be kept")
 
@@ -58,7 +64,7 @@ def compact(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 def mvm_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SPEC 2.2 step 6: mean over tokens of 2 - 2 <p/|p|, t/|t|>, inputs (B, L_keep, D) -> scalar (float32)."""
+    """docs/original.md §2.2 step 6: mean over tokens of 2 - 2 <p/|p|, t/|t|>, inputs (B, L_keep, D) -> scalar (float32)."""
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
     return (2 - 2 * (p * t).sum(dim=-1)).mean()

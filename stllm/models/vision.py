@@ -1,16 +1,17 @@
 """Frames (B*T, 3, H, W) -> EVA features (B*T, 1+P, D), with the BT-Adapter temporal branch when enabled.
 
 EVA ViT-g is transformers' `InstructBlipVisionModel` (its blocks match LAVIS EVA to float precision); this
-module runs its blocks itself so that the BT-Adapter (SPEC 1.3) can read the outputs of the last `depth`
+module runs its blocks itself so that the BT-Adapter (docs/original.md §1.3) can read the outputs of the last `depth`
 blocks. The branch carries (B, 1 + P*T, D) tokens: one CLS, then patch tokens in (patch, time) order.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import initialization as init
 from transformers import InstructBlipVisionConfig, InstructBlipVisionModel
+from transformers import initialization as init
 from transformers.models.instructblip.modeling_instructblip import InstructBlipAttention, InstructBlipEncoderLayer
 
 
@@ -24,7 +25,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class BTAdapterTemporal(nn.Module):
-    """Temporal attention over the T frames of each patch position; CLS untouched (SPEC 1.3 `BTAdapter_Temp`)."""
+    """Temporal attention over the T frames of each patch position; CLS untouched (docs/original.md §1.3 `BTAdapter_Temp`)."""
 
     def __init__(self, config: InstructBlipVisionConfig, drop_path_rate: float) -> None:
         super().__init__()
@@ -32,7 +33,7 @@ class BTAdapterTemporal(nn.Module):
         self.self_attn = InstructBlipAttention(config)
         self.temporal_fc = nn.Linear(config.hidden_size, config.hidden_size)  # zero-initialised: identity at start
         self.drop_path_rate = drop_path_rate
-        # SPEC 1.3 initialisation, applied by StllmPreTrainedModel._init_weights through these tags
+        # docs/original.md §1.3 initialisation, applied by StllmPreTrainedModel._init_weights through these tags
         self.self_attn.qkv.init_scheme = "torch_zero_bias"  # PyTorch default weights, q/v biases zero
         self.self_attn.projection.init_scheme = "torch"
         self.temporal_fc.init_scheme = "zeros"
@@ -47,9 +48,9 @@ class BTAdapterTemporal(nn.Module):
 
 
 class BTAdapterSpatial(nn.Module):
-    """Per-frame spatial attention with the branch CLS shared by all frames (SPEC 1.3 `BTAdapter_Spatial`).
+    """Per-frame spatial attention with the branch CLS shared by all frames (docs/original.md §1.3 `BTAdapter_Spatial`).
 
-    Its norms use eps 1e-5 although the EVA weights it starts from were trained with 1e-6 (SPEC Q11 [KEEP]).
+    Its norms use eps 1e-5 although the EVA weights it starts from were trained with 1e-6 (docs/faithfulness.md Q11 [KEEP]).
     """
 
     def __init__(self, config: InstructBlipVisionConfig, drop_path_rate: float) -> None:
@@ -71,12 +72,12 @@ class BTAdapterSpatial(nn.Module):
         new_patches = attended[:, 1:].reshape(b, t, p, d).transpose(1, 2).reshape(b, p * t, d)  # (p t) order
         x = x + torch.cat([new_cls, new_patches], dim=1)
         x = x + blk.mlp(blk.layer_norm2(x))
-        # SPEC 1.3 / Q11 [KEEP]: stochastic depth on the whole output, residual included
+        # docs/original.md §1.3 / Q11 [KEEP]: stochastic depth on the whole output, residual included
         return drop_path(x, self.drop_path_rate, self.training)
 
 
 class BTAdapter(nn.Module):
-    """The BT-Adapter branch on the last `depth` EVA blocks (SPEC 1.3), merged as (EVA + branch) / 2."""
+    """The BT-Adapter branch on the last `depth` EVA blocks (docs/original.md §1.3), merged as (EVA + branch) / 2."""
 
     def __init__(self, config: InstructBlipVisionConfig, depth: int, max_frames: int, drop_path_rate: float) -> None:
         super().__init__()
@@ -95,7 +96,7 @@ class BTAdapter(nn.Module):
         return h[:, :, :1].mean(dim=1), h[:, :, 1:]
 
     def start(self, h: torch.Tensor, pos_embed: torch.Tensor, b: int, t: int) -> torch.Tensor:
-        """Branch input from the first adapted block (SPEC 1.3 step 1) -> (B, 1+P*T, D)."""
+        """Branch input from the first adapted block (docs/original.md §1.3 step 1) -> (B, 1+P*T, D)."""
         cls_x, patches = self._frame_tokens(h, b, t)
         patches = patches + pos_embed[:, 1:].unsqueeze(1)  # EVA spatial positions added again (Q11 [KEEP])
         cls_branch = self.cls_token + pos_embed[:, :1]  # (1, 1, D)
@@ -105,7 +106,7 @@ class BTAdapter(nn.Module):
         return torch.cat([(cls_x + cls_branch) / 2, patches], dim=1)
 
     def step(self, k: int, h: torch.Tensor, branch: torch.Tensor, b: int, t: int) -> torch.Tensor:
-        """Add adapted block k's EVA output to the branch (k >= 1, SPEC 1.3 step 2)."""
+        """Add adapted block k's EVA output to the branch (k >= 1, docs/original.md §1.3 step 2)."""
         cls_x, patches = self._frame_tokens(h, b, t)
         return branch + torch.cat([cls_x, patches.transpose(1, 2).flatten(1, 2)], dim=1)
 
@@ -119,54 +120,50 @@ class BTAdapter(nn.Module):
         return torch.cat([cls, patches], dim=1)
 
 
-class VisionTower(nn.Module):
-    """`InstructBlipVisionModel` run block by block, plus the optional BT-Adapter; applies `ln_vision` last.
+def encode_frames(
+    vision_model: InstructBlipVisionModel,
+    btadapter: BTAdapter | None,
+    pixel_values: torch.Tensor,
+    num_frames: int,
+    return_block_outputs: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """pixel_values (B*T, 3, H, W) -> features (B*T, 1+P, D) after `ln_vision` (= `post_layernorm`).
 
-    Holds no parameters itself: `vision_model` and `btadapter` are attributes of the owning model (so that
-    checkpoint names are `vision_model.*` and `btadapter.*`); this class is the forward logic.
+    `InstructBlipVisionModel` run block by block, plus the optional BT-Adapter branch fed from its last blocks.
+    With `return_block_outputs` the second value holds every intermediate output (parity tests).
     """
-
-    @staticmethod
-    def forward(
-        vision_model: InstructBlipVisionModel,
-        btadapter: BTAdapter | None,
-        pixel_values: torch.Tensor,
-        num_frames: int,
-        return_block_outputs: bool = False,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """pixel_values (B*T, 3, H, W) -> features (B*T, 1+P, D) after `ln_vision` (= `post_layernorm`)."""
-        hidden = vision_model.embeddings(pixel_values)  # (B*T, 1+P, D)
-        layers = vision_model.encoder.layers
-        bt = hidden.shape[0]
-        b, t = bt // num_frames, num_frames
-        first = len(layers) - btadapter.depth if btadapter is not None else len(layers)
-        branch = None
-        extras: dict[str, torch.Tensor] = {}
-        for i, layer in enumerate(layers):
-            hidden = layer(hidden)
-            if return_block_outputs:
-                extras[f"block{i}_out"] = hidden
-            k = i - first
-            if btadapter is not None and k >= 0:
-                if k == 0:
-                    branch = btadapter.start(hidden, vision_model.embeddings.position_embedding, b, t)
-                else:
-                    branch = btadapter.step(k, hidden, branch, b, t)
-                branch = btadapter.temporal[k](branch, t)
-                if return_block_outputs:
-                    extras[f"btadapter_temporal{k}_out"] = branch
-                branch = btadapter.spatial[k](branch, t)
-                if return_block_outputs:
-                    extras[f"btadapter_spatial{k}_out"] = branch
-        if branch is not None:
-            hidden = (hidden + BTAdapter.to_frames(branch, b, t)) / 2
+    hidden = vision_model.embeddings(pixel_values)  # (B*T, 1+P, D)
+    layers = vision_model.encoder.layers
+    bt = hidden.shape[0]
+    b, t = bt // num_frames, num_frames
+    first = len(layers) - btadapter.depth if btadapter is not None else len(layers)
+    branch = None
+    extras: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(layers):
+        hidden = layer(hidden)
         if return_block_outputs:
-            extras["encoder_out"] = hidden
-        return vision_model.post_layernorm(hidden), extras
+            extras[f"block{i}_out"] = hidden
+        k = i - first
+        if btadapter is not None and k >= 0:
+            if k == 0:
+                branch = btadapter.start(hidden, vision_model.embeddings.position_embedding, b, t)
+            else:
+                branch = btadapter.step(k, hidden, branch, b, t)
+            branch = btadapter.temporal[k](branch, t)
+            if return_block_outputs:
+                extras[f"btadapter_temporal{k}_out"] = branch
+            branch = btadapter.spatial[k](branch, t)
+            if return_block_outputs:
+                extras[f"btadapter_spatial{k}_out"] = branch
+    if branch is not None:
+        hidden = (hidden + BTAdapter.to_frames(branch, b, t)) / 2
+    if return_block_outputs:
+        extras["encoder_out"] = hidden
+    return vision_model.post_layernorm(hidden), extras
 
 
 def init_tagged_layer(module: nn.Module) -> None:
-    """Apply a layer's `init_scheme` tag (set where SPEC fixes an init) through transformers.initialization.
+    """Apply a layer's `init_scheme` tag (set where the original fixes an init, docs/original.md §1.3-1.8) through transformers.initialization.
 
     transformers 5 skips `_init_weights` for custom modules without direct parameters, so the scheme is carried
     by the leaf layer itself: "zeros", "torch" (PyTorch's nn.Linear default) or "torch_zero_bias".
@@ -190,12 +187,3 @@ def _torch_default_linear(linear: nn.Linear) -> None:
     if linear.bias is not None:
         bound = 1 / linear.weight.shape[1] ** 0.5
         init.uniform_(linear.bias, -bound, bound)
-
-
-@torch.no_grad()
-def copy_spatial_from_eva(vision_model: InstructBlipVisionModel, btadapter: BTAdapter) -> None:
-    """SPEC 1.3: the spatial layers start as copies of the last `depth` EVA blocks (36, 37, 38 at full size)."""
-    layers = vision_model.encoder.layers
-    for k, spatial in enumerate(btadapter.spatial):
-        src = layers[len(layers) - btadapter.depth + k]
-        spatial.layer.load_state_dict(src.state_dict())

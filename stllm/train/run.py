@@ -1,100 +1,98 @@
 """`python -m stllm train CONFIG [key=value ...]` -> a trained model directory (weights + processor + config).
 
-Order (SPEC 5.1): config and data are checked first (a typo fails in seconds, before any model is built),
+Order (docs/original.md §5.1): config and data are checked first (a typo fails in seconds, before any model is built),
 then the model (converted checkpoint or preset) and its processor, then TrainingArguments (after the model:
 like the original, no ZeRO-3 partitioned construction), then the HF Trainer. An output_dir that holds
-checkpoint-* resumes from the latest one (SPEC 5.1 step 5).
+checkpoint-* resumes from the latest one (docs/original.md §5.1 step 5).
 """
+
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from stllm.config import ConfigError, save_config
 from stllm.data.datasets import build_datasets
 from stllm.data.processor import StllmProcessor
-from stllm.models.configuration import StllmConfig, preset_config
-from stllm.models.modeling import StllmForConditionalGeneration
-from stllm.train.config import LoraSection, ModelSection, TrainConfig, load_train_config, training_arguments
-from stllm.train.trainer import (CONFIG_FILE, Collator, ConsoleLogCallback, DataEpochCallback, SaveExtrasCallback,
-                                 StllmTrainer, TokenizedDataset)
+from stllm.models.configuration import StllmConfig
+from stllm.models.lora import apply_lora
+from stllm.models.modeling import StllmForConditionalGeneration, attention_implementation
+from stllm.train.config import ModelSection, TrainConfig, load_train_config, training_arguments
+from stllm.train.trainer import (
+    CONFIG_FILE,
+    Collator,
+    ConsoleLogCallback,
+    DataEpochCallback,
+    SaveExtrasCallback,
+    StllmTrainer,
+    TokenizedDataset,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def model_config(section: ModelSection) -> StllmConfig:
-    """The StllmConfig to train: init_from's config.json (else the preset) with the section's overrides."""
-    if section.init_from and (Path(section.init_from) / "config.json").is_file():
-        cfg = StllmConfig.from_pretrained(section.init_from)
-    else:
-        cfg = preset_config(section.preset)
-    for key, value in section.overrides().items():
+    """The StllmConfig to train: init_from's config.json with the section's changes."""
+    cfg = StllmConfig.from_pretrained(section.init_from)
+    for key, value in section.config.items():
         setattr(cfg, key, value)
+    cfg.validate_stllm()
     return cfg
 
 
-def build_model(section: ModelSection, output_dir: str | Path, seed: int = 42
-                ) -> tuple[StllmForConditionalGeneration, StllmProcessor]:
-    """ModelSection -> (model in float32, processor whose settings follow the model config)."""
-    init_from = section.init_from
-    if not init_from:  # tiny preset only (validated): offline tokenizers, deterministic from the seed
-        from stllm.tiny import build_tiny_model_dir
-
-        # one folder per process: ranks of a torchrun job build the same files side by side without racing
-        rank = os.environ.get("RANK", "0")
-        init_from = str(build_tiny_model_dir(Path(output_dir) / "tiny_init" / f"rank{rank}", seed=seed))
-    cfg = model_config(dataclasses.replace(section, init_from=init_from))
-    model = StllmForConditionalGeneration.from_pretrained(init_from, config=cfg, dtype=torch.float32)
+def build_model(section: ModelSection) -> tuple[StllmForConditionalGeneration, StllmProcessor]:
+    """ModelSection -> (model in float32 with the recipe's trainable set, the processor for its config)."""
+    cfg = model_config(section)
+    model = StllmForConditionalGeneration.from_pretrained(
+        section.init_from, config=cfg, dtype=torch.float32, attn_implementation=attention_implementation()
+    )
     model.apply_recipe_freezing()
-    processor = StllmProcessor.from_pretrained(init_from)
-    processor.settings = dataclasses.replace(processor.settings, video_input=cfg.video_input,
-                                             residual_size=cfg.residual_size, num_frames=cfg.num_frames)
-    return model, processor
-
-
-def apply_lora(model: StllmForConditionalGeneration, lora: LoraSection) -> Any:
-    """LoRA adapters on the LLM's linear layers; the recipe's trainable non-LLM modules are trained in full."""
-    from peft import LoraConfig, get_peft_model
-
-    full = sorted({name.split(".")[0] for name, p in model.named_parameters()
-                   if p.requires_grad and not name.startswith("language_model.")})
-    targets = "|".join(re.escape(t) for t in lora.target_modules)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
-                        target_modules=rf"language_model\..*\.({targets})", modules_to_save=full or None)
-    return get_peft_model(model, config)
+    return model, StllmProcessor.from_pretrained(section.init_from, model.config)
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
     """output_dir/checkpoint-<step> with the highest step, or None."""
-    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
-             if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(output_dir).glob("checkpoint-*")
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    ]
     return str(max(found)[1]) if found else None
 
 
 def _setup_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING, format=f"%(asctime)s [rank{rank}] %(name)s: %(message)s"
+    )
 
 
 def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
     """A validated TrainConfig (+ extra TrainerCallbacks) -> trains, saves the final model into output_dir."""
     out = Path(cfg.train.output_dir)
-    datasets = build_datasets(cfg.data)  # annotations read here, before the model (SPEC 4.3)
     torch.manual_seed(cfg.train.seed)
-    model, processor = build_model(cfg.model, out, cfg.train.seed)
+    model, processor = build_model(cfg.model)
+    # annotations are read before the (long) training starts; the transform's size is the model's
+    datasets = build_datasets(cfg.data, image_size=model.config.vision_config.image_size)
     if cfg.lora.r > 0:
-        model = apply_lora(model, cfg.lora)
+        lora = cfg.lora
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
     args = training_arguments(cfg.train)
-    trainer = StllmTrainer(model=model, args=args, train_dataset=TokenizedDataset(datasets, processor),
-                           data_collator=Collator(processor), data_seed=cfg.data.seed, mixture=cfg.data.mixture)
+    trainer = StllmTrainer(
+        model=model,
+        args=args,
+        train_dataset=TokenizedDataset(datasets, processor),
+        data_collator=Collator(processor),
+        data_seed=cfg.data.seed,
+        mixture=cfg.data.mixture,
+    )
     extras = SaveExtrasCallback(processor, cfg)
     # the progress bar prints the logs already; log lines only without it (e.g. batch jobs)
     console = [ConsoleLogCallback()] if args.disable_tqdm else []
@@ -104,10 +102,14 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / CONFIG_FILE)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        logger.info("model %s: %.1fM parameters, %.1fM trainable; %d samples in %d datasets",
-                    model.config.recipe if hasattr(model.config, "recipe") else type(model).__name__,
-                    sum(p.numel() for p in model.parameters()) / 1e6, n_train / 1e6,
-                    sum(len(d) for d in datasets), len(datasets))
+        logger.info(
+            "model %s: %.1fM parameters, %.1fM trainable; %d samples in %d datasets",
+            model.config.recipe if hasattr(model.config, "recipe") else type(model).__name__,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+            n_train / 1e6,
+            sum(len(d) for d in datasets),
+            len(datasets),
+        )
     resume = None
     if cfg.resume == "auto":
         resume = latest_checkpoint(out)

@@ -1,22 +1,24 @@
-"""VideoQAItem datasets + model -> HF Trainer steps: tokenised samples, the SPEC Q20 sampler, loss parts, logging.
+"""VideoQAItem datasets + model -> HF Trainer steps: tokenised samples, the docs/faithfulness.md Q20 sampler, loss parts, logging.
 
-Public Trainer hooks only (DESIGN decision 7): `get_train_dataloader`, `compute_loss` and `log` are overridden;
+Public Trainer hooks only (docs/design.md decision 7): `get_train_dataloader`, `compute_loss` and `log` are overridden;
 saving extras and throughput go through TrainerCallbacks.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
 from stllm.config import save_config
-from stllm.data.datasets import InstructionDataset, build_mixture
+from stllm.data.datasets import InstructionDataset, build_batch_sampler
 from stllm.data.processor import StllmProcessor
 
 logger = logging.getLogger(__name__)
@@ -42,8 +44,9 @@ class TokenizedDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.concat[index]
         frames = item.pixel_values.shape[0]  # (T, 3, S, S)
-        out: dict[str, Any] = self.processor.training_example(item.instruction, item.question, item.answer,
-                                                              frames, is_image=item.is_image)
+        out: dict[str, Any] = self.processor.training_example(
+            item.instruction, item.question, item.answer, frames, is_image=item.is_image
+        )
         out["pixel_values"] = item.pixel_values
         out["bad_media"] = len(item.extra.get("bad_media", ()))
         return out
@@ -63,13 +66,13 @@ class Collator:
 
 
 class StllmTrainer(Trainer):
-    """HF Trainer with the MetaLoader-style batches (SPEC 4.6, Q20), per-step masking seeds and loss parts."""
+    """HF Trainer with the MetaLoader-style batches (docs/original.md §4.6, Q20), per-step masking seeds and loss parts."""
 
     def __init__(self, *args: Any, data_seed: int = 42, mixture: str = "meta_loader", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.data_seed, self.mixture = data_seed, mixture
         self.batch_sampler = None
-        # The model returns a per-micro-batch mean loss (SPEC 3.3 step 6): the Trainer must divide by the
+        # The model returns a per-micro-batch mean loss (docs/original.md §3.3 step 6): the Trainer must divide by the
         # accumulation steps itself and must not pass num_items_in_batch.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
@@ -89,18 +92,30 @@ class StllmTrainer(Trainer):
         """
         dataset = self.train_dataset
         sizes = [len(d) for d in dataset.datasets]
-        _, sampler = build_mixture([_Sized(n) for n in sizes], self.args.per_device_train_batch_size,
-                                   mixture=self.mixture, seed=self.data_seed, rank=self.args.process_index,
-                                   world_size=self.args.world_size)
+        sampler = build_batch_sampler(
+            sizes,
+            self.args.per_device_train_batch_size,
+            mixture=self.mixture,
+            seed=self.data_seed,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
+        )
         if len(sampler) == 0:
-            raise ValueError(f"no full batch of {self.args.per_device_train_batch_size} per rank in datasets of "
-                             f"sizes {sizes} (world size {self.args.world_size}); lower the batch size")
+            raise ValueError(
+                f"no full batch of {self.args.per_device_train_batch_size} per rank in datasets of "
+                f"sizes {sizes} (world size {self.args.world_size}); lower the batch size"
+            )
         self.batch_sampler = sampler
         self._window_start = time.perf_counter()  # throughput windows start with training, not with setup
         workers = self.args.dataloader_num_workers
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.data_collator, num_workers=workers,
-                          pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
-                          persistent_workers=self.args.dataloader_persistent_workers and workers > 0)
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+        )
 
     def set_data_epoch(self, epoch: int) -> None:
         """Sampler order and per-item randomness of pass `epoch` (called by DataEpochCallback)."""
@@ -113,13 +128,18 @@ class StllmTrainer(Trainer):
         model = self.model
         return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: Any = None,
+    ) -> Any:
         bad = inputs.pop("bad_media", None)
         step = self.state.global_step
         if step != self._last_step:
             self._micro_step, self._last_step = 0, step
-        # Masking RNG from (seed, optimizer step, micro-batch): a resumed run draws the same masks (SPEC 2.1).
+        # Masking RNG from (seed, optimizer step, micro-batch): a resumed run draws the same masks (docs/original.md §2.1).
         base = self._stllm_model()
         if model.training:
             base.seed_masking(self.args.seed * 1_000_003 + step * 1_024 + self._micro_step)
@@ -146,8 +166,11 @@ class StllmTrainer(Trainer):
         """Adds lm_loss, mvm_loss, kept_ratio (means over ranks), samples/s, video tokens/s, bad media, memory."""
         if "loss" in logs and self._sums:
             keys = ["lm_loss", "mvm_loss", "kept_ratio", "samples", "video_tokens", "bad_media"]
-            vals = torch.tensor([[self._sums.get(k, 0.0) for k in keys], [self._counts.get(k, 0) for k in keys]],
-                                dtype=torch.float64, device=self.args.device)
+            vals = torch.tensor(
+                [[self._sums.get(k, 0.0) for k in keys], [self._counts.get(k, 0) for k in keys]],
+                dtype=torch.float64,
+                device=self.args.device,
+            )
             if self.args.world_size > 1:
                 vals = self.accelerator.reduce(vals, reduction="sum")
             sums, counts = dict(zip(keys, vals[0].tolist())), dict(zip(keys, vals[1].tolist()))
@@ -164,16 +187,6 @@ class StllmTrainer(Trainer):
             self._sums, self._counts = {}, {}
             self._window_start = time.perf_counter()
         super().log(logs, start_time)
-
-
-class _Sized:
-    """A length-only stand-in so build_mixture can make the batch sampler without touching the datasets."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
 
 
 class DataEpochCallback(TrainerCallback):
@@ -207,9 +220,7 @@ class SaveExtrasCallback(TrainerCallback):
 class ConsoleLogCallback(TrainerCallback):
     """on_log -> one `logger.info` line per logging step on rank 0 (the progress bar stays the Trainer's)."""
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
             shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
             logger.info("step %d: %s", state.global_step, shown)
-

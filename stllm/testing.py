@@ -3,12 +3,13 @@
 Nothing is downloaded: the tokenizers are trained in-process on a small built-in corpus (plus any extra text),
 so tests, demos and the quickstart run on a fresh machine without model hubs.
 """
+
 from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import sentencepiece as spm
 import torch
@@ -17,19 +18,23 @@ from stllm.data.processor import StllmProcessor
 from stllm.models.configuration import preset_config
 from stllm.models.modeling import StllmForConditionalGeneration
 
-_WORDS = ("the a an man woman dog cat person people car ball square circle red green blue yellow white black "
-          "moves walks runs jumps falls enters leaves appears first then after before left right up down "
-          "video frame scene kitchen street room table cooking dinner watch question answer option best "
-          "what is doing in describe detail why how many who where when which does happen end start object "
-          "color colour direction motion leaving entering only give carefully pay attention cause sequence "
-          "events movement action pose persons based observations select accurately addresses yes no").split()
+_WORDS = (
+    "the a an man woman dog cat person people car ball square circle red green blue yellow white black "
+    "moves walks runs jumps falls enters leaves appears first then after before left right up down "
+    "video frame scene kitchen street room table cooking dinner watch question answer option best "
+    "what is doing in describe detail why how many who where when which does happen end start object "
+    "color colour direction motion leaving entering only give carefully pay attention cause sequence "
+    "events movement action pose persons based observations select accurately addresses yes no"
+).split()
 
 
 def corpus_lines(extra: Iterable[str] = ()) -> list[str]:
     """A deterministic training corpus for the tiny tokenizers (the prompt templates included)."""
-    lines = ["###Human: What is the man doing in the video? ###Assistant: The man is cooking dinner.",
-             "Question: Which way does the square move?\nOptions:\n(A) left\n(B) right\nBest option:(A) left",
-             "<Video></Video> Describe the video in detail. ### Assistant: Human:"]
+    lines = [
+        "###Human: What is the man doing in the video? ###Assistant: The man is cooking dinner.",
+        "Question: Which way does the square move?\nOptions:\n(A) left\n(B) right\nBest option:(A) left",
+        "<Video></Video> Describe the video in detail. ### Assistant: Human:",
+    ]
     words = _WORDS
     for i in range(400):
         k = 3 + i % 9
@@ -42,9 +47,20 @@ def train_llama_tokenizer(path: str | Path, extra_text: Iterable[str] = (), voca
     """Train a Llama-style BPE sentencepiece model (byte fallback, unk/bos/eos = 0/1/2) -> `path`."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus_lines(extra_text)), model_writer=model, model_type="bpe",
-        vocab_size=vocab_size, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
-        character_coverage=1.0, user_defined_symbols=["###", "##", "#"], minloglevel=2)
+        sentence_iterator=iter(corpus_lines(extra_text)),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        num_threads=1,
+        character_coverage=1.0,
+        user_defined_symbols=["###", "##", "#"],
+        minloglevel=2,
+    )
     path = Path(path)
     path.write_bytes(model.getvalue())
     return path
@@ -62,9 +78,15 @@ def write_bert_vocab(directory: str | Path, extra_text: Iterable[str] = ()) -> P
     return directory
 
 
-def build_tiny_model_dir(directory: str | Path, seed: int = 0, extra_text: Iterable[str] = (),
-                         vision: dict | None = None, text: dict | None = None, vocab_size: int = 320,
-                         **config_overrides) -> Path:
+def build_tiny_model_dir(
+    directory: str | Path,
+    seed: int = 0,
+    extra_text: Iterable[str] = (),
+    vision: dict | None = None,
+    text: dict | None = None,
+    vocab_size: int = 320,
+    **config_overrides,
+) -> Path:
     """Train tokenizers, build the `tiny` preset sized to them, save model + processor -> directory.
 
     `vision` / `text` override vision_config / text_config fields (e.g. image_size, hidden_size); `vocab_size` is
@@ -77,33 +99,27 @@ def build_tiny_model_dir(directory: str | Path, seed: int = 0, extra_text: Itera
     assets.mkdir(exist_ok=True)
     sp_file = train_llama_tokenizer(assets / "tokenizer.model", extra_text, vocab_size)
     bert_dir = write_bert_vocab(assets / "bert", extra_text)
-    probe = StllmProcessor.from_files(sp_file, bert_dir, _settings_probe(config_overrides))
     cfg = preset_config("tiny")
-    cfg.text_config.vocab_size = len(probe.tokenizer)
-    cfg.text_config.pad_token_id = probe.tokenizer.pad_token_id
-    cfg.video_token_id = len(probe.tokenizer)
-    cfg.qformer_config.vocab_size = len(probe.qformer_tokenizer)
+    for key, value in config_overrides.items():
+        if not hasattr(cfg, key):
+            raise ValueError(f"unknown StllmConfig field {key!r}")
+        setattr(cfg, key, value)
+    processor = StllmProcessor.from_files(cfg, sp_file, bert_dir)
+    cfg.text_config.vocab_size = len(processor.tokenizer)
+    cfg.text_config.pad_token_id = processor.tokenizer.pad_token_id
+    cfg.video_token_id = len(processor.tokenizer)
+    cfg.qformer_config.vocab_size = len(processor.qformer_tokenizer)
     for sub, values in ((cfg.vision_config, vision), (cfg.text_config, text)):
         for key, value in (values or {}).items():
             if not hasattr(sub, key):
                 raise ValueError(f"unknown {type(sub).__name__} field {key!r}")
             setattr(sub, key, value)
-    for key, value in config_overrides.items():
-        if not hasattr(cfg, key):
-            raise ValueError(f"unknown StllmConfig field {key!r}")
-        setattr(cfg, key, value)
     cfg.validate_stllm()
     torch.manual_seed(seed)
     model = StllmForConditionalGeneration(cfg)
     model.save_pretrained(directory)
-    StllmProcessor.from_config(cfg, sp_file, bert_dir).save_pretrained(directory)
+    processor.save_pretrained(directory)
     return directory
-
-
-def _settings_probe(overrides: dict):
-    from stllm.data.processor import ProcessorSettings
-
-    return ProcessorSettings(qformer_text_input=overrides.get("qformer_text_input", True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,22 +4,24 @@ Reads config.json (the model is built on the meta device, so nothing is allocate
 (dtypes and shapes without reading tensors) and processor_config.json. The fingerprint is a sha256 over the
 sorted (name, dtype, shape, raw bytes) of every tensor, streamed file by file (`--no-fingerprint` skips it).
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from stllm.models.checkpoint_io import list_shards, safetensors_header
+from stllm.checkpoints.convert import meta_model
+from stllm.checkpoints.io import list_shards, safetensors_header
 from stllm.models.configuration import StllmConfig
-from stllm.models.convert import meta_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def describe(model_dir: str | Path, with_fingerprint: bool = True) -> dict[str, 
     """Everything `inspect` prints, as a dict."""
     model_dir = Path(model_dir)
     config = StllmConfig.from_json_file(str(model_dir / "config.json"))
-    model = meta_model(config)  # the constructor applies the recipe's freezing (SPEC 1.11)
+    model = meta_model(config)  # the constructor applies the recipe's freezing (docs/original.md §1.11)
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     index = tensor_index(model_dir)
@@ -68,13 +70,22 @@ def describe(model_dir: str | Path, with_fingerprint: bool = True) -> dict[str, 
         dtypes[dtype] = dtypes.get(dtype, 0) + 1
     expected = set(model.state_dict())
     info: dict[str, Any] = {
-        "model_dir": str(model_dir), "recipe": config.recipe, "video_input": config.video_input,
-        "num_frames": config.num_frames, "residual_size": config.residual_size if config.video_input == "residual"
-        else None, "btadapter": bool(config.btadapter), "qformer_text_input": bool(config.qformer_text_input),
-        "mvm_decoder": bool(config.mvm_decode), "parameters_total": total, "parameters_trainable": trainable,
-        "tensors_in_files": len(index), "tensor_dtypes": dtypes,
-        "keys_missing_from_files": sorted(expected - set(index)), "keys_not_in_model": sorted(set(index) - expected),
-        "tokenizer": None, "fingerprint_sha256": None,
+        "model_dir": str(model_dir),
+        "recipe": config.recipe,
+        "video_input": config.video_input,
+        "num_frames": config.num_frames,
+        "residual_size": config.residual_size if config.video_input == "residual" else None,
+        "btadapter": bool(config.btadapter),
+        "qformer_text_input": bool(config.qformer_text_input),
+        "mvm_decoder": bool(config.mvm_decode),
+        "parameters_total": total,
+        "parameters_trainable": trainable,
+        "tensors_in_files": len(index),
+        "tensor_dtypes": dtypes,
+        "keys_missing_from_files": sorted(expected - set(index)),
+        "keys_not_in_model": sorted(set(index) - expected),
+        "tokenizer": None,
+        "fingerprint_sha256": None,
     }
     proc = model_dir / "processor_config.json"
     if proc.is_file():
@@ -93,21 +104,23 @@ def format_block(info: dict[str, Any]) -> str:
     lines = [
         f"model dir       {info['model_dir']}",
         f"recipe          {info['recipe']}",
-        f"video input     {info['video_input']}" + (f" (residual_size {info['residual_size']})"
-                                                     if info["residual_size"] else ""),
+        f"video input     {info['video_input']}"
+        + (f" (residual_size {info['residual_size']})" if info["residual_size"] else ""),
         f"frames          {info['num_frames']}",
         f"BT-Adapter      {'on' if info['btadapter'] else 'off'}; Q-Former text input "
         f"{'on' if info['qformer_text_input'] else 'off'}; MVM decoder {'on' if info['mvm_decoder'] else 'off'}",
         f"parameters      {millions(info['parameters_total'])}",
-        f"trainable       {millions(info['parameters_trainable'])} (recipe freezing, SPEC 1.11)",
+        f"trainable       {millions(info['parameters_trainable'])} (recipe freezing, docs/original.md §1.11)",
         f"tensors         {info['tensors_in_files']} in files; dtypes "
         + ", ".join(f"{k} x{v}" for k, v in sorted(info["tensor_dtypes"].items())),
         "tokenizer       " + (", ".join(f"{k}={v}" for k, v in tok.items()) if tok else "none (no processor files)"),
         f"fingerprint     {info['fingerprint_sha256'] or 'skipped'}",
     ]
     if info["keys_missing_from_files"] or info["keys_not_in_model"]:
-        lines.append(f"WARNING         missing from files: {info['keys_missing_from_files'][:10]}; "
-                     f"not in model: {info['keys_not_in_model'][:10]}")
+        lines.append(
+            f"WARNING         missing from files: {info['keys_missing_from_files'][:10]}; "
+            f"not in model: {info['keys_not_in_model'][:10]}"
+        )
     return "\n".join(lines)
 
 

@@ -1,12 +1,13 @@
 """Checkpoint file or directory -> (key, tensor) pairs, one shard at a time, refusing anything but plain weights.
 
-Accepted (SPEC 5.4, 6.2, 6.3, Q6c [FIX]: the original only read `pytorch_model-XXXXX-of-YYYYY.bin`):
+Accepted (docs/original.md §5.4, 6.2, 6.3, Q6c [FIX]: the original only read `pytorch_model-XXXXX-of-YYYYY.bin`):
   - HF-Trainer / save_pretrained directories: `model.safetensors.index.json` + shards, `model.safetensors`,
     `pytorch_model.bin.index.json` + shards, `pytorch_model-XXXXX-of-YYYYY.bin` without an index, `pytorch_model.bin`;
   - single files: `.safetensors`, `.bin`, LAVIS `.pth` (`{"model": state_dict}` or a flat state dict).
 Pickles are opened with `torch.load(weights_only=True)` only (memory-mapped when the file is a zip archive), so a
 file that needs arbitrary code to unpickle is refused. Every failure names the file and what is wrong with it.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ import logging
 import pickle
 import re
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from safetensors import safe_open
@@ -79,8 +80,10 @@ def list_shards(path: str | Path) -> list[Path]:
         shards = _numbered_shards(path, pattern)
         if shards:
             return shards
-    raise CheckpointError(f"{path}: no checkpoint found (looked for model.safetensors[.index.json], "
-                          f"pytorch_model.bin[.index.json], pytorch_model-XXXXX-of-YYYYY.bin)")
+    raise CheckpointError(
+        f"{path}: no checkpoint found (looked for model.safetensors[.index.json], "
+        f"pytorch_model.bin[.index.json], pytorch_model-XXXXX-of-YYYYY.bin)"
+    )
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -100,16 +103,20 @@ def _load_pickle(path: Path) -> dict:
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()
         detail = next((line for line in first if "Unsupported" in line or "GLOBAL" in line), first[0] if first else "")
-        raise CheckpointError(f"{path}: refusing to load, this pickle needs more than plain tensors "
-                              f"(torch.load weights_only=True failed: {detail.strip()})") from err
+        raise CheckpointError(
+            f"{path}: refusing to load, this pickle needs more than plain tensors "
+            f"(torch.load weights_only=True failed: {detail.strip()})"
+        ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         what = "truncated or corrupt zip archive" if mmap else "not a torch checkpoint"
         raise CheckpointError(f"{path}: {what} ({type(err).__name__}: {str(err).splitlines()[0]})") from err
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # LAVIS: {"model": state_dict, ...}
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"{path}: not a state dict (expected a dict of name -> tensor, or LAVIS "
-                              f"{{'model': state_dict}}; got {type(obj).__name__})")
+        raise CheckpointError(
+            f"{path}: not a state dict (expected a dict of name -> tensor, or LAVIS "
+            f"{{'model': state_dict}}; got {type(obj).__name__})"
+        )
     return obj
 
 
@@ -121,8 +128,7 @@ def _check_safetensors(path: Path) -> None:
         header = json.loads(f.read(n))
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
-        raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, the header describes "
-                              f"{8 + n + end})")
+        raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, the header describes {8 + n + end})")
 
 
 def iter_shard(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -148,8 +154,9 @@ def iter_shard(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
         for key in keys:
             yield key, state.pop(key)  # drop our reference as we go; the mapping goes away with `state`
         return
-    raise CheckpointError(f"{path}: not a checkpoint file (neither safetensors nor a torch pickle/zip; "
-                          f"starts with {head[:8]!r})")
+    raise CheckpointError(
+        f"{path}: not a checkpoint file (neither safetensors nor a torch pickle/zip; starts with {head[:8]!r})"
+    )
 
 
 def iter_checkpoint(path: str | Path) -> Iterator[tuple[Path, Iterator[tuple[str, torch.Tensor]]]]:
@@ -183,8 +190,10 @@ def _checked(shard: Path, keys: set[str] | None) -> Iterator[tuple[str, torch.Te
         seen.add(key)
         yield key, tensor
     if keys is not None and keys - seen:
-        raise CheckpointError(f"{shard}: the index assigns {len(keys - seen)} keys to this shard that it does "
-                              f"not contain: {sorted(keys - seen)[:20]}")
+        raise CheckpointError(
+            f"{shard}: the index assigns {len(keys - seen)} keys to this shard that it does "
+            f"not contain: {sorted(keys - seen)[:20]}"
+        )
 
 
 def safetensors_header(path: str | Path) -> dict:

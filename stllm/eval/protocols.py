@@ -1,15 +1,17 @@
-"""Official annotation files under data_root -> list[EvalItem] in a stable order with stable unique ids (SPEC 7.2-7.4).
+"""Official annotation files under data_root -> list[EvalItem] in a stable order with stable unique ids (docs/original.md §7.2-7.4).
 
 One reader per layout (a plain dict at the bottom): mvbench (MVBench/TVBench per-task json), vcgbench (Video-ChatGPT
 generic/temporal/consistency files), msvd, msrvtt, anet. Missing files raise BenchmarkDataError naming the file.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from stllm.eval.config import EvalConfig, TaskSpec
 from stllm.eval.prompts import mcqa_question
@@ -37,7 +39,7 @@ class EvalItem:
     start: Optional[float] = None
     end: Optional[float] = None
     media_type: str = "video"  # video | frame | gif
-    media_fps: float = 0.0  # frame folders / gifs (SPEC 7.2: 3 for tvqa frames, 25 for gifs)
+    media_fps: float = 0.0  # frame folders / gifs (docs/original.md §7.2: 3 for tvqa frames, 25 for gifs)
     frame_rule: str = "uniform_middle"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -83,7 +85,7 @@ def _mvbench_tasks(cfg: EvalConfig) -> list[TaskSpec]:
 
 
 def read_mvbench(cfg: EvalConfig) -> list[EvalItem]:
-    """MVBench/TVBench: anno_dir/<task json> items {video, question, candidates, answer[, start, end]} (SPEC 7.2)."""
+    """MVBench/TVBench: anno_dir/<task json> items {video, question, candidates, answer[, start, end]} (docs/original.md §7.2)."""
     items: list[EvalItem] = []
     for task in _mvbench_tasks(cfg):
         path = _path(cfg, cfg.anno_dir) / task.json
@@ -96,13 +98,24 @@ def read_mvbench(cfg: EvalConfig) -> list[EvalItem]:
                 _require(row, ("start", "end"), where)
             question_text, gt = mcqa_question(row["question"], row["candidates"], row["answer"])
             media = _path(cfg, task.media) / row["video"]
-            items.append(EvalItem(
-                id=f"{stem}/{i}", index=len(items), benchmark=cfg.benchmark, task=task.name, video=str(media),
-                question=question_text, answer=gt, candidates=list(row["candidates"]),
-                start=float(row["start"]) if task.bound else None, end=float(row["end"]) if task.bound else None,
-                media_type=task.data_type, media_fps=task.fps, frame_rule=cfg.frames.rule,
-                extra={"raw_question": row["question"], "raw_answer": row["answer"]},
-            ))
+            items.append(
+                EvalItem(
+                    id=f"{stem}/{i}",
+                    index=len(items),
+                    benchmark=cfg.benchmark,
+                    task=task.name,
+                    video=str(media),
+                    question=question_text,
+                    answer=gt,
+                    candidates=list(row["candidates"]),
+                    start=float(row["start"]) if task.bound else None,
+                    end=float(row["end"]) if task.bound else None,
+                    media_type=task.data_type,
+                    media_fps=task.fps,
+                    frame_rule=cfg.frames.rule,
+                    extra={"raw_question": row["question"], "raw_answer": row["answer"]},
+                )
+            )
     return items
 
 
@@ -115,10 +128,10 @@ def _find_video(video_dir: Path, name: str, extensions: list[str]) -> Optional[P
 
 
 def read_vcgbench(cfg: EvalConfig) -> list[EvalItem]:
-    """Video-ChatGPT Benchmarking_QA files: {video_name, Q, A} (consistency: Q1, Q2, A) (SPEC 7.3).
+    """Video-ChatGPT Benchmarking_QA files: {video_name, Q, A} (consistency: Q1, Q2, A) (docs/original.md §7.3).
 
     Video = first existing {video_dir}/{video_name}{ext}. None found: a path that does not exist (the item then
-    fails as a MediaError and is counted), or, with vcgbench_keep_previous_video (SPEC Q29), the previous video.
+    fails as a MediaError and is counted), or, with vcgbench_keep_previous_video (docs/faithfulness.md Q29), the previous video.
     """
     video_dir = _path(cfg, cfg.video_dir)
     items: list[EvalItem] = []
@@ -132,7 +145,9 @@ def read_vcgbench(cfg: EvalConfig) -> list[EvalItem]:
             found = _find_video(video_dir, str(row["video_name"]), cfg.video_extensions)
             if found is None:
                 if cfg.vcgbench_keep_previous_video and previous is not None:
-                    logger.warning("no video for %r; reusing %s (SPEC Q29 legacy)", row["video_name"], previous)
+                    logger.warning(
+                        "no video for %r; reusing %s (docs/faithfulness.md Q29 legacy)", row["video_name"], previous
+                    )
                     found = previous
                 else:
                     found = video_dir / f"{row['video_name']}{cfg.video_extensions[0] if cfg.video_extensions else ''}"
@@ -141,10 +156,19 @@ def read_vcgbench(cfg: EvalConfig) -> list[EvalItem]:
             question = row["Q1"] if task == "consistency" else row["Q"]
             if task == "consistency":
                 extra["question2"] = row["Q2"]
-            items.append(EvalItem(
-                id=f"{task}/{i}", index=len(items), benchmark=cfg.benchmark, task=task, video=str(found),
-                question=question, answer=row["A"], frame_rule=cfg.frames.rule, extra=extra,
-            ))
+            items.append(
+                EvalItem(
+                    id=f"{task}/{i}",
+                    index=len(items),
+                    benchmark=cfg.benchmark,
+                    task=task,
+                    video=str(found),
+                    question=question,
+                    answer=row["A"],
+                    frame_rule=cfg.frames.rule,
+                    extra=extra,
+                )
+            )
     return items
 
 
@@ -165,10 +189,19 @@ def read_msvd(cfg: EvalConfig) -> list[EvalItem]:
         qid = row.get("question_id", row.get("id", i))
         if name is None:
             raise BenchmarkDataError(f"{path} item {i}: missing field 'video_name' (or 'video')")
-        items.append(EvalItem(
-            id=str(qid), index=i, benchmark=cfg.benchmark, task=task, video=str(_path(cfg, cfg.video_dir) / str(name)),
-            question=row["question"], answer=str(row["answer"]), frame_rule=cfg.frames.rule, extra={"question_id": qid},
-        ))
+        items.append(
+            EvalItem(
+                id=str(qid),
+                index=i,
+                benchmark=cfg.benchmark,
+                task=task,
+                video=str(_path(cfg, cfg.video_dir) / str(name)),
+                question=row["question"],
+                answer=str(row["answer"]),
+                frame_rule=cfg.frames.rule,
+                extra={"question_id": qid},
+            )
+        )
     return items
 
 
@@ -178,18 +211,26 @@ def read_msrvtt(cfg: EvalConfig) -> list[EvalItem]:
     items = []
     for i, row in enumerate(_load_json(path, "MSRVTT-QA question file")):
         _require(row, ("video_id", "question", "answer"), f"{path} item {i}")
-        items.append(EvalItem(
-            id=str(i + 1), index=i, benchmark=cfg.benchmark, task=task,
-            video=str(_path(cfg, cfg.video_dir) / f"{row['video_id']}.mp4"), question=row["question"],
-            answer=str(row["answer"]), frame_rule=cfg.frames.rule, extra={"question_id": i + 1},
-        ))
+        items.append(
+            EvalItem(
+                id=str(i + 1),
+                index=i,
+                benchmark=cfg.benchmark,
+                task=task,
+                video=str(_path(cfg, cfg.video_dir) / f"{row['video_id']}.mp4"),
+                question=row["question"],
+                answer=str(row["answer"]),
+                frame_rule=cfg.frames.rule,
+                extra={"question_id": i + 1},
+            )
+        )
     return items
 
 
 def read_anet(cfg: EvalConfig) -> list[EvalItem]:
     """ActivityNet-QA: test_q.json {question_id, video_name, question} + test_a.json {answer} aligned by index.
 
-    Video = video_dir/"v_"+video_name; the original adds no extension (SPEC Q10): with anet_try_extensions the first
+    Video = video_dir/"v_"+video_name; the original adds no extension (docs/faithfulness.md Q10): with anet_try_extensions the first
     existing name+ext is used when the bare name does not exist.
     """
     task, qpath = _qa_file(cfg)
@@ -207,11 +248,19 @@ def read_anet(cfg: EvalConfig) -> list[EvalItem]:
         video = video_dir / name
         if cfg.anet_try_extensions and not video.exists():
             video = _find_video(video_dir, name, cfg.video_extensions) or video
-        items.append(EvalItem(
-            id=str(row["question_id"]), index=i, benchmark=cfg.benchmark, task=task, video=str(video),
-            question=row["question"], answer=str(answers[i]["answer"]), frame_rule=cfg.frames.rule,
-            extra={"question_id": row["question_id"]},
-        ))
+        items.append(
+            EvalItem(
+                id=str(row["question_id"]),
+                index=i,
+                benchmark=cfg.benchmark,
+                task=task,
+                video=str(video),
+                question=row["question"],
+                answer=str(answers[i]["answer"]),
+                frame_rule=cfg.frames.rule,
+                extra={"question_id": row["question_id"]},
+            )
+        )
     return items
 
 

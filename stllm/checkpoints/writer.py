@@ -2,8 +2,9 @@
 
 The writer holds only references to the tensors of the shard being filled and writes each tensor's bytes
 straight from its storage (no serialised copy of the shard in memory), so converting a 16 GB checkpoint needs
-about one output shard of memory on top of the source shard being read (DESIGN decision 3, SPEC 5.4).
+about one output shard of memory on top of the source shard being read (docs/design.md decision 3, docs/original.md §5.4).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,18 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-           torch.bool: "BOOL"}
+_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 INDEX_NAME = "model.safetensors.index.json"
 
 

@@ -1,16 +1,18 @@
-"""Prediction records (+ judge verdicts) -> benchmark metrics: MVBench/TVBench option matching (SPEC 7.2),
-VCGBench five judged scores (SPEC 7.3), QA judged accuracy and mean score (SPEC 7.4).
+"""Prediction records (+ judge verdicts) -> benchmark metrics: MVBench/TVBench option matching (docs/original.md §7.2),
+VCGBench five judged scores (docs/original.md §7.3), QA judged accuracy and mean score (docs/original.md §7.4).
 
 Pure functions: no I/O and no HTTP here (stllm.eval.score does those).
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
 
 from stllm.eval.config import JudgeConfig
 
-# VCGBench question file -> judged aspects (SPEC 7.3: generic_qa feeds correctness, detail and context)
+# VCGBench question file -> judged aspects (docs/original.md §7.3: generic_qa feeds correctness, detail and context)
 VCG_ASPECTS: dict[str, tuple[str, ...]] = {
     "generic": ("correctness", "detail", "context"),
     "temporal": ("temporal",),
@@ -21,7 +23,7 @@ _STRICT = re.compile(r"\(([A-Za-z])\)(?=$|[\s.,:;])")
 
 
 def check_ans(pred: str, gt: str) -> bool:
-    """The original's loose match (mv_bench.py check_ans, SPEC 7.2, Q8 [KEEP]): lower-case, split on ' ', compare
+    """The original's loose match (mv_bench.py check_ans, docs/original.md §7.2, Q8 [KEEP]): lower-case, split on ' ', compare
     first words: pred's (dots removed) is a substring of gt's, or gt's is a substring of pred's.
     So "(a", "(a)", "(a).", "(a)xyz" and a bare "(" all match "(a) ..."."""
     pred_option = pred.lower().split(" ")[0]
@@ -75,11 +77,12 @@ def score_mcqa(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def judge_requests(records: Sequence[dict[str, Any]], bench_type: str,
-                   judge: JudgeConfig) -> list[tuple[int, str, dict[str, str]]]:
+def judge_requests(
+    records: Sequence[dict[str, Any]], bench_type: str, judge: JudgeConfig
+) -> list[tuple[int, str, dict[str, str]]]:
     """(record position, aspect, placeholder values) for every judge call the benchmark needs (errors skipped).
 
-    VCGBench consistency: question2 = Q1 when judge.consistency_judge_q1_twice (SPEC Q9 [KEEP]), else Q2.
+    VCGBench consistency: question2 = Q1 when judge.consistency_judge_q1_twice (docs/faithfulness.md Q9 [KEEP]), else Q2.
     """
     out = []
     for pos, rec in enumerate(records):
@@ -91,8 +94,13 @@ def judge_requests(records: Sequence[dict[str, Any]], bench_type: str,
             for aspect in VCG_ASPECTS.get(rec["task"], ()):
                 if aspect == "consistency":
                     q2 = rec["question"] if judge.consistency_judge_q1_twice else rec["extra"]["question2"]
-                    values = {"question1": rec["question"], "question2": q2, "answer": rec["answer"],
-                              "pred1": rec["pred"], "pred2": rec.get("pred2", "")}
+                    values = {
+                        "question1": rec["question"],
+                        "question2": q2,
+                        "answer": rec["answer"],
+                        "pred1": rec["pred"],
+                        "pred2": rec.get("pred2", ""),
+                    }
                 else:
                     values = {"question": rec["question"], "answer": rec["answer"], "pred": rec["pred"]}
                 out.append((pos, aspect, values))
@@ -101,7 +109,7 @@ def judge_requests(records: Sequence[dict[str, Any]], bench_type: str,
 
 def aggregate_scores(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
     """(aspect, parsed verdict or None if the judge failed) -> per aspect: mean of int(score) over judged items,
-    judged count, failure count (failures are excluded from the mean, SPEC Q33 fix: never scored as 0)."""
+    judged count, failure count (failures are excluded from the mean, docs/faithfulness.md Q33 fix: never scored as 0)."""
     out: dict[str, dict[str, Any]] = {}
     for aspect, result in verdicts:
         a = out.setdefault(aspect, {"score_sum": 0, "judged": 0, "judge_failures": 0})
@@ -116,16 +124,20 @@ def aggregate_scores(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]]) -
 
 
 def score_vcgbench(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]], item_errors: int = 0) -> dict[str, Any]:
-    """Five aspect means (SPEC 7.3) and their mean (over the aspects that have a score)."""
+    """Five aspect means (docs/original.md §7.3) and their mean (over the aspects that have a score)."""
     aspects = aggregate_scores(verdicts)
     ordered = {k: aspects[k] for k in VCG_ORDER if k in aspects}
     scores = [a["score"] for a in ordered.values() if a["score"] is not None]
-    return {"aspects": ordered, "mean": sum(scores) / len(scores) if scores else None,
-            "judge_failures": sum(a["judge_failures"] for a in ordered.values()), "item_errors": item_errors}
+    return {
+        "aspects": ordered,
+        "mean": sum(scores) / len(scores) if scores else None,
+        "judge_failures": sum(a["judge_failures"] for a in ordered.values()),
+        "item_errors": item_errors,
+    }
 
 
 def score_open_qa(verdicts: Iterable[Optional[dict[str, Any]]], item_errors: int = 0) -> dict[str, Any]:
-    """SPEC 7.4 (evaluate_activitynet_qa.py): "yes" in pred.lower() -> yes, elif "no" in ... -> no;
+    """docs/original.md §7.4 (evaluate_activitynet_qa.py): "yes" in pred.lower() -> yes, elif "no" in ... -> no;
     accuracy = yes / (yes + no) (reported in %); average score = score_sum / count, count including items whose
     pred is neither. Judge failures are excluded from both and counted."""
     yes = no = count = score_sum = failures = 0
@@ -140,5 +152,12 @@ def score_open_qa(verdicts: Iterable[Optional[dict[str, Any]]], item_errors: int
             yes += 1
         elif "no" in pred:
             no += 1
-    return {"accuracy": _pct(yes, yes + no), "score": score_sum / count if count else None, "yes": yes, "no": no,
-            "judged": count, "judge_failures": failures, "item_errors": item_errors}
+    return {
+        "accuracy": _pct(yes, yes + no),
+        "score": score_sum / count if count else None,
+        "yes": yes,
+        "no": no,
+        "judged": count,
+        "judge_failures": failures,
+        "item_errors": item_errors,
+    }

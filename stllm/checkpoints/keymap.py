@@ -1,9 +1,10 @@
 """Original ST-LLM / LAVIS parameter names -> ours: a rule for every key, skips only with a stated reason.
 
-The original names come from SPEC 6.1 (`model.*`, `model.stllm_model.*`, `lm_head.*`); ../shared/checkpoint-keys
+The original names come from docs/original.md §6.1 (`model.*`, `model.stllm_model.*`, `lm_head.*`); ../shared/checkpoint-keys
 lists them all. EVA's separate `q_bias`/`v_bias` become transformers' single `qkv.bias` = cat(q, 0, v): the
-original's key bias is a fixed zero (SPEC 1.2), so nothing is lost.
+original's key bias is a fixed zero (docs/original.md §1.2), so nothing is lost.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,9 +36,18 @@ _QFORMER_LAYER = [
 ]
 
 SKIP_RULES: list[tuple[str, str]] = [
-    (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq", "RoPE frequencies are a buffer recomputed from the config"),
-    (r"model\.stllm_model\.embed_tokens\.weight", "alias of model.embed_tokens.weight (the same tensor, SPEC Q24)"),
-    (r"model\.stllm_model\.residual_index", "cached local-frame indices, recomputed from T at every call (SPEC Q4)"),
+    (
+        r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+        "RoPE frequencies are a buffer recomputed from the config",
+    ),
+    (
+        r"model\.stllm_model\.embed_tokens\.weight",
+        "alias of model.embed_tokens.weight (the same tensor, docs/faithfulness.md Q24)",
+    ),
+    (
+        r"model\.stllm_model\.residual_index",
+        "cached local-frame indices, recomputed from T at every call (docs/faithfulness.md Q4)",
+    ),
     (r"model\.stllm_model\.Qformer\.bert\.embeddings\.position_ids", "arange buffer, rebuilt by the Q-Former"),
 ]
 
@@ -63,11 +73,12 @@ def _rules() -> list[tuple[str, str]]:
         (q + r"embeddings\.(word_embeddings|position_embeddings)\.weight", r"qformer.embeddings.\1.weight"),
         (q + r"embeddings\.LayerNorm\.(weight|bias)", r"qformer.embeddings.layernorm.\1"),
     ]
-    rules += [(v + r"blocks\.(\d+)\." + p, r"vision_model.encoder.layers.\1." + r)
-              for p, r in _shift(_EVA_BLOCK, 1)]
+    rules += [(v + r"blocks\.(\d+)\." + p, r"vision_model.encoder.layers.\1." + r) for p, r in _shift(_EVA_BLOCK, 1)]
     rules += [(v + r"BTAdapter_S\.(\d+)\." + p, r"btadapter.spatial.\1.layer." + r) for p, r in _shift(_EVA_BLOCK, 1)]
     rules += [(v + r"BTAdapter_T\.(\d+)\." + p, r"btadapter.temporal.\1." + r) for p, r in _shift(_BT_TEMPORAL, 1)]
-    rules += [(q + r"encoder\.layer\.(\d+)\." + p, r"qformer.encoder.layer.\1." + r) for p, r in _shift(_QFORMER_LAYER, 1)]
+    rules += [
+        (q + r"encoder\.layer\.(\d+)\." + p, r"qformer.encoder.layer.\1." + r) for p, r in _shift(_QFORMER_LAYER, 1)
+    ]
     return rules
 
 
@@ -118,8 +129,9 @@ class ConversionResult:
     pending: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # fused bias waiting for its pair
 
 
-def convert_original_state_dict(source: dict[str, torch.Tensor], result: ConversionResult | None = None,
-                                unknown: list[str] | None = None) -> ConversionResult:
+def convert_original_state_dict(
+    source: dict[str, torch.Tensor], result: ConversionResult | None = None, unknown: list[str] | None = None
+) -> ConversionResult:
     """Map a (part of an) original state dict; call repeatedly with the same `result` for shard-by-shard use.
 
     q_bias and v_bias of one attention may arrive in different shards: they wait in `result.pending` until both
@@ -154,15 +166,20 @@ def expected_state_keys(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def check_state_dict_fits(state: dict[str, torch.Tensor] | dict[str, tuple[int, ...]], model: torch.nn.Module,
-                          source: str = "checkpoint", pending: dict | None = None) -> None:
+def check_state_dict_fits(
+    state: dict[str, torch.Tensor] | dict[str, tuple[int, ...]],
+    model: torch.nn.Module,
+    source: str = "checkpoint",
+    pending: dict | None = None,
+) -> None:
     """Raise KeyMappingError listing missing, unexpected and wrong-shape keys (all of them, not the first)."""
     want = expected_state_keys(model)
     have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in state.items()}
     missing = sorted(set(want) - set(have))
     unexpected = sorted(set(have) - set(want))
-    shapes = sorted(f"{k}: {have[k]} in {source}, {want[k]} in the model" for k in set(want) & set(have)
-                    if have[k] != want[k])
+    shapes = sorted(
+        f"{k}: {have[k]} in {source}, {want[k]} in the model" for k in set(want) & set(have) if have[k] != want[k]
+    )
     problems = []
     if pending:
         problems.append(f"fused q/v biases missing one half: {sorted(pending)}")
@@ -176,7 +193,9 @@ def check_state_dict_fits(state: dict[str, torch.Tensor] | dict[str, tuple[int, 
         raise KeyMappingError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
 
 
-def load_original_state_dict(model: torch.nn.Module, source: dict[str, torch.Tensor], name: str = "checkpoint") -> dict[str, str]:
+def load_original_state_dict(
+    model: torch.nn.Module, source: dict[str, torch.Tensor], name: str = "checkpoint"
+) -> dict[str, str]:
     """Convert an original-named state dict and load it strictly; returns the skipped keys with reasons."""
     unknown: list[str] = []
     result = convert_original_state_dict(source, unknown=unknown)

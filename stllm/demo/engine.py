@@ -1,20 +1,21 @@
 """(video file, questions) -> streamed multi-turn answers: the chat state shared by demo.py and demo_gradio.py.
 
 One `ChatEngine` holds the model and processor (generation serialised by a lock); many `Chat` sessions hold a
-conversation each: the template (SPEC 7.3), the video encoded once, and the history.
+conversation each: the template (docs/original.md §7.3), the video encoded once, and the history.
 
-Differences from the original demos (SPEC 8), each with a switch in `ChatSettings` that restores the original:
+Differences from the original demos (docs/original.md §8), each with a switch in `ChatSettings` that restores the original:
 - multi-turn: the prompt holds every previous turn (the original's `get_context_emb_sim` used only the first
   human message; `single_turn=True` reproduces that);
 - the video is encoded once per upload (the original gradio demo re-encoded it for every question with the
-  question as Q-Former text). The Q-Former text is the *first* question (as in evaluation, SPEC Q28), or the
+  question as Q-Former text). The Q-Former text is the *first* question (as in evaluation, docs/faithfulness.md Q28), or the
   fixed `qformer_text` if set; later questions reuse the tokens, so the Q-Former does not see them. Set
   `reencode_per_question=True` for the original behaviour (slower: the vision tower runs on every question);
-- no double wrapping of the question (SPEC Q12 [FIX]; `double_wrap=True` reproduces it);
-- repetition penalty 1.5 as the original forced it (SPEC Q26 [KEEP]).
+- no double wrapping of the question (docs/faithfulness.md Q12 [FIX]; `double_wrap=True` reproduces it);
+- repetition penalty 1.5 as the original forced it (docs/faithfulness.md Q26 [KEEP]).
 The single-turn prompt is byte-identical to evaluation's (`stllm.eval.prompts.build_prompt`); turn k > 1 appends
-`{answer}###Human: {q} ###Assistant: ` (MiniGPT-4 base: no space before `###Assistant`, SPEC Q32).
+`{answer}###Human: {q} ###Assistant: ` (MiniGPT-4 base: no space before `###Assistant`, docs/faithfulness.md Q32).
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,9 +24,10 @@ import logging
 import queue
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from transformers.generation.streamers import BaseStreamer
@@ -34,49 +36,64 @@ from stllm.data.processor import StllmProcessor
 from stllm.data.sampling import FrameSampling
 from stllm.data.transforms import EvalTransform
 from stllm.data.video import read_clip
-from stllm.eval.config import GenerationConfig, PromptConfig
-from stllm.eval.generate import generate_raw
-from stllm.eval.prompts import build_prompt, postprocess, strip_leading_special
+from stllm.eval.config import PromptConfig
+from stllm.eval.prompts import build_prompt
+from stllm.generation import GenerationConfig, postprocess, strip_leading_special
+from stllm.inference import generate_raw, load
 from stllm.models.modeling import StllmForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
 # Protocol strings, word for word (CONV_instructblip_Vicuna0 / CONV_VIDEO_Vicuna0 of the original conversation.py;
 # the same strings as configs/eval/vcgbench.yaml, a test keeps them equal)
-SYSTEM_INSTRUCTBLIP = ("Carefully watch the video and pay attention to the cause and sequence of events, the detail "
-                       "and movement of objects, and the action and pose of persons. Based on your observations, "
-                       "give your answer that best addresses the question.\n")
-SYSTEM_MINIGPT4 = ("Give the following video: <Video>VideoContent</Video>. You will be able to see the video once I "
-                   "provide it to you. Please answer my questions.")
+SYSTEM_INSTRUCTBLIP = (
+    "Carefully watch the video and pay attention to the cause and sequence of events, the detail "
+    "and movement of objects, and the action and pose of persons. Based on your observations, "
+    "give your answer that best addresses the question.\n"
+)
+SYSTEM_MINIGPT4 = (
+    "Give the following video: <Video>VideoContent</Video>. You will be able to see the video once I "
+    "provide it to you. Please answer my questions."
+)
 
 
 @dataclass
 class ChatSettings:
-    """Decoding and conversation settings of one chat session (defaults: the original CLI demo, SPEC 7.5/8)."""
+    """Decoding and conversation settings of one chat session (defaults: the original CLI demo, docs/original.md §7.5/8)."""
 
     num_frames: int = 64
     num_beams: int = 5
     do_sample: bool = False
-    temperature: float = 1.0  # acts only with do_sample=True (as in the original, SPEC 7.5)
+    temperature: float = 1.0  # acts only with do_sample=True (as in the original, docs/original.md §7.5)
     top_p: float = 0.9
     max_new_tokens: int = 300
-    repetition_penalty: float = 1.5  # SPEC Q26 [KEEP]: forced in the original's chat path
-    max_length: int = 2000  # SPEC Q7 context budget; older turns are dropped first, then the left cut applies
+    repetition_penalty: float = 1.5  # docs/faithfulness.md Q26 [KEEP]: forced in the original's chat path
+    max_length: int = (
+        2000  # docs/faithfulness.md Q7 context budget; older turns are dropped first, then the left cut applies
+    )
     use_system: bool = True
     single_turn: bool = False  # True: only the current question, as the original's get_context_emb_sim
-    double_wrap: bool = False  # True: SPEC Q12, the question wrapped in "###Human: ... ###Assistant: " twice
+    double_wrap: bool = (
+        False  # True: docs/faithfulness.md Q12, the question wrapped in "###Human: ... ###Assistant: " twice
+    )
     reencode_per_question: bool = False  # True: the original gradio demo (Q-Former text = each question)
     qformer_text: str | None = None  # None: the first question; a string: fixed text, encoded at upload
     resize: str = "pil"  # EvalTransform resize ("pil" exact, "torch" faster)
 
     def generation(self) -> GenerationConfig:
-        return GenerationConfig(num_beams=self.num_beams, do_sample=self.do_sample, temperature=self.temperature,
-                                top_p=self.top_p, max_new_tokens=self.max_new_tokens,
-                                repetition_penalty=self.repetition_penalty, max_length=self.max_length)
+        return GenerationConfig(
+            num_beams=self.num_beams,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            repetition_penalty=self.repetition_penalty,
+            max_length=self.max_length,
+        )
 
 
 def partial_answer(text: str) -> str:
-    """Decoded text so far -> what the answer will start with: SPEC 7.0's cut, holding back a possible '#' run."""
+    """Decoded text so far -> what the answer will start with: docs/original.md §7.0's cut, holding back a possible '#' run."""
     cut = text.split("###")[0]
     if "###" not in text:
         cut = cut.rstrip("#")  # may become the "###" stop sequence with the next token
@@ -129,14 +146,6 @@ class TokenStreamer(BaseStreamer):
             yield item
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, dtype)
-
-
 class ChatEngine:
     """One model + processor shared by every session; model calls are serialised by `lock`.
 
@@ -148,38 +157,24 @@ class ChatEngine:
         self.processor = processor
         self.lock = threading.Lock()
         self.encode_count = 0
-        self.transform = EvalTransform(processor.settings.image_size)
+        self.transform = EvalTransform(model.config.vision_config.image_size)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str = "cpu",
-                        dtype: str | torch.dtype | None = None) -> "ChatEngine":
-        """A converted model directory -> engine; CUDA: bf16 and flash-attn 2 when installed, else sdpa."""
-        from transformers.utils import is_flash_attn_2_available
-
-        dev = torch.device(device)
-        torch_dtype = _resolve_dtype(dtype, dev)
-        attn = "flash_attention_2" if dev.type == "cuda" and is_flash_attn_2_available() else "sdpa"
-        try:
-            model = StllmForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype,
-                                                                  attn_implementation=attn)
-        except (ValueError, ImportError) as err:
-            if attn == "sdpa":
-                raise
-            logger.warning("flash_attention_2 refused (%s); using sdpa", err)
-            attn = "sdpa"
-            model = StllmForConditionalGeneration.from_pretrained(model_dir, dtype=torch_dtype,
-                                                                  attn_implementation=attn)
-        model.requires_grad_(False)
-        model.to(dev)
-        logger.info("loaded %s on %s (%s, attention %s)", model_dir, dev, torch_dtype, attn)
-        return cls(model, StllmProcessor.from_pretrained(model_dir))
+    def from_pretrained(
+        cls,
+        model_dir: str | Path,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = "auto",
+    ) -> ChatEngine:
+        """A model folder -> engine, through the one inference path (stllm.inference.load)."""
+        return cls(*load(model_dir, device, dtype))
 
     @property
     def uses_qformer_text(self) -> bool:
-        return bool(self.processor.settings.qformer_text_input)
+        return bool(self.model.config.qformer_text_input)
 
     def load_frames(self, path: str | Path, num_frames: int, resize: str = "pil") -> torch.Tensor:
-        """Video file -> float (T, 3, S, S) with SPEC 7.1's frame rule and transform; MediaError if unreadable."""
+        """Video file -> float (T, 3, S, S) with docs/original.md §7.1's frame rule and transform; MediaError if unreadable."""
         clip = read_clip(path, FrameSampling(num_frames=num_frames, mode="uniform_middle"))
         transform = self.transform if resize == self.transform.resize else EvalTransform(self.transform.size, resize)
         return transform(clip.frames)
@@ -200,17 +195,32 @@ class ChatEngine:
         return len(self.processor.build_prompt_ids(prompt, num_frames))
 
     @torch.no_grad()
-    def generate(self, prompt: str, video_embeds: torch.Tensor, num_frames: int, generation: GenerationConfig,
-                 streamer: TokenStreamer | None = None) -> str:
+    def generate(
+        self,
+        prompt: str,
+        video_embeds: torch.Tensor,
+        num_frames: int,
+        generation: GenerationConfig,
+        streamer: TokenStreamer | None = None,
+    ) -> str:
         """Prompt with one <ImageHere> + cached video tokens -> answer text, through evaluation's decoding path."""
         with self.lock:
-            raw = generate_raw(self.model, self.processor, None, [prompt], None, generation,
-                               video_embeds=video_embeds, num_frames=num_frames, streamer=streamer)
+            raw = generate_raw(
+                self.model,
+                self.processor,
+                None,
+                [prompt],
+                None,
+                generation,
+                video_embeds=video_embeds,
+                num_frames=num_frames,
+                streamer=streamer,
+            )
         return postprocess(raw[0])
 
 
 def quiet_libraries() -> None:
-    """For the demos: no weight-loading progress bar, and no warning about the intended SPEC Q26 behaviour (the
+    """For the demos: no weight-loading progress bar, and no warning about the intended docs/faithfulness.md Q26 behaviour (the
     prompt goes in as embeddings, so the repetition penalty sees generated tokens only)."""
     import transformers
 
@@ -230,10 +240,14 @@ class Chat:
         self.video_embeds: torch.Tensor | None = None  # (1, L, D)
         self.encode_count = 0
         style = "chat" if engine.uses_qformer_text else "minigpt4"
-        self.prompt_config = PromptConfig(style=style, system=SYSTEM_INSTRUCTBLIP, minigpt4_system=SYSTEM_MINIGPT4,
-                                          use_system=self.settings.use_system)
+        self.prompt_config = PromptConfig(
+            style=style,
+            system=SYSTEM_INSTRUCTBLIP,
+            minigpt4_system=SYSTEM_MINIGPT4,
+            use_system=self.settings.use_system,
+        )
 
-    def __deepcopy__(self, memo: dict) -> "Chat":
+    def __deepcopy__(self, memo: dict) -> Chat:
         # gradio may deep-copy session state; the engine (model) and the video tensors are shared, not copied
         new = copy.copy(self)
         new.history = list(self.history)
@@ -271,7 +285,7 @@ class Chat:
     # ------------------------------------------------------------------------------------------------ prompt
     def _human(self, question: str) -> str:
         if self.settings.double_wrap and self.prompt_config.style == "chat":
-            return f"###Human: {question} ###Assistant: "  # SPEC Q12: the original demos passed this to ask()
+            return f"###Human: {question} ###Assistant: "  # docs/faithfulness.md Q12: the original demos passed this to ask()
         return question
 
     def build_prompt(self, question: str, history: list[tuple[str, str]] | None = None) -> str:
@@ -279,13 +293,13 @@ class Chat:
         history = [] if self.settings.single_turn else (self.history if history is None else history)
         turns = [q for q, _ in history] + [question]
         prompt = build_prompt(self._human(turns[0]), self.prompt_config)
-        gap = " " if self.prompt_config.style == "chat" else ""  # SPEC Q32: MiniGPT-4 base has no space
+        gap = " " if self.prompt_config.style == "chat" else ""  # docs/faithfulness.md Q32: MiniGPT-4 base has no space
         for (_, answer), q in zip(history, turns[1:]):
             prompt += f"{answer}###Human: {self._human(q)}{gap}###Assistant: "
         return prompt
 
     def _fit_prompt(self, question: str) -> str:
-        """Drop the oldest turns while the prompt + max_new_tokens exceeds max_length (SPEC Q7 budget)."""
+        """Drop the oldest turns while the prompt + max_new_tokens exceeds max_length (docs/faithfulness.md Q7 budget)."""
         history = list(self.history)
         s, t = self.settings, self.pixel_values.shape[0]
         prompt = self.build_prompt(question, history)

@@ -2,9 +2,10 @@
 
 `python -m stllm bench convert [--recipe qa] [--dtype float16] [--workdir DIR] [--keep]` writes random tensors
 with the released shapes as HF-Trainer shards (`pytorch_model-0000k-of-0000n.bin`, <= 10 GB each, + index, with
-the duplicated embedding alias, SPEC 5.4/6.1), then converts them in a child process (so building the synthetic
+the duplicated embedding alias, docs/original.md §5.4/6.1), then converts them in a child process (so building the synthetic
 files does not count) with the same code path as `python -m stllm convert --from-stllm`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,13 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
-from stllm.models.shard_writer import parse_size
+from stllm.checkpoints.writer import parse_size
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -61,7 +62,7 @@ def build_synthetic(keys: list, out: Path, dtype: torch.dtype | None, max_bytes:
         shard = {}
         for name, shape, dt in group:
             if name == "model.stllm_model.embed_tokens.weight" and embed is not None:
-                shard[name] = embed  # SPEC Q24: the same tensor registered twice
+                shard[name] = embed  # docs/faithfulness.md Q24: the same tensor registered twice
             else:
                 shard[name] = torch.empty(shape, dtype=dt).uniform_(-0.05, 0.05)
                 total += shard[name].numel() * shard[name].element_size()
@@ -70,14 +71,15 @@ def build_synthetic(keys: list, out: Path, dtype: torch.dtype | None, max_bytes:
             weight_map[name] = fname
         torch.save(shard, out / fname)
         del shard
-    (out / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
-                                                                  "weight_map": weight_map}, indent=1))
+    (out / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+    )
     return total
 
 
 def _child(argv: list[str]) -> int:
     """Run `convert` and report this process's memory high-water marks as one JSON line."""
-    from stllm.models.convert import main as convert_main
+    from stllm.checkpoints.convert import main as convert_main
 
     peak = {"anon_kb": 0}
     stop = threading.Event()
@@ -94,8 +96,7 @@ def _child(argv: list[str]) -> int:
     seconds = time.perf_counter() - start
     stop.set()
     thread.join()
-    print("BENCH " + json.dumps({"vm_hwm_kb": status_kb("VmHWM"), "peak_anon_kb": peak["anon_kb"],
-                                 "seconds": seconds}))
+    print("BENCH " + json.dumps({"vm_hwm_kb": status_kb("VmHWM"), "peak_anon_kb": peak["anon_kb"], "seconds": seconds}))
     return 0
 
 
@@ -129,9 +130,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         size = build_synthetic(keys, src, dtype, parse_size(args.source_shard_size))
         logger.info("built %.2f GB synthetic checkpoint in %.0f s", size / 1e9, time.perf_counter() - t0)
-        cmd = [sys.executable, "-m", "stllm", "bench", "convert", "--child", "--from-stllm", str(src),
-               "--recipe", args.recipe, "--out", str(out), "--dtype", args.dtype,
-               "--max-shard-size", args.max_shard_size]
+        cmd = [
+            sys.executable,
+            "-m",
+            "stllm",
+            "bench",
+            "convert",
+            "--child",
+            "--from-stllm",
+            str(src),
+            "--recipe",
+            args.recipe,
+            "--out",
+            str(out),
+            "--dtype",
+            args.dtype,
+            "--max-shard-size",
+            args.max_shard_size,
+        ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -141,10 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         children_max_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         out_size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
         shards = sorted(f.name for f in src.glob("*.bin"))
-        print(f"source checkpoint      {size / 1e9:.2f} GB ({len(keys)} keys, {len(shards)} shards: "
-              f"{', '.join(shards)}), dtype {args.dtype}")
-        print(f"converted output       {out_size / 1e9:.2f} GB ({len(list(out.glob('*.safetensors')))} safetensors "
-              f"shards of <= {args.max_shard_size})")
+        print(
+            f"source checkpoint      {size / 1e9:.2f} GB ({len(keys)} keys, {len(shards)} shards: "
+            f"{', '.join(shards)}), dtype {args.dtype}"
+        )
+        print(
+            f"converted output       {out_size / 1e9:.2f} GB ({len(list(out.glob('*.safetensors')))} safetensors "
+            f"shards of <= {args.max_shard_size})"
+        )
         print(f"peak RSS (VmHWM)       {figures['vm_hwm_kb'] / 1e6:.2f} GB  (includes memory-mapped source pages)")
         print(f"peak anonymous RSS     {figures['peak_anon_kb'] / 1e6:.2f} GB  (sampled every 0.1 s)")
         print(f"ru_maxrss of children  {children_max_kb / 1e6:.2f} GB")

@@ -13,7 +13,7 @@ The stages mirror where the paper's model comes from, in miniature:
    random, learn on single frames to write each frame as the LLM's embeddings of its two words
    (stllm/synthetic_vision.py). One frame at a time: nothing about time order is learnt here;
 3. video instruction tuning per variant, through `stllm train`, with the paper's split: EVA and Q-Former
-   frozen, projection and LLM trained (SPEC 1.11). Every variant starts from the same aligned model;
+   frozen, projection and LLM trained (docs/original.md §1.11). Every variant starts from the same aligned model;
 4. evaluation per variant, through `stllm eval` + `stllm score` (MVBench layout and scoring).
 The variants run side by side, one process each, with the cores shared out (`--jobs` sets how many at once):
 a model this small uses extra threads poorly. The miniature says nothing about the paper's benchmark numbers.
@@ -21,6 +21,7 @@ a model this small uses extra threads poorly. The miniature says nothing about t
 Two scores are reported: MVBench's (the option letter the model writes after "Best option:(") and, as a
 diagnostic, whether the option *text* it writes after the letter is the right one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,10 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -45,11 +46,18 @@ VARIANTS = {  # name -> model overrides (what the paper varies, nothing else)
     "all+mask+MVM": {"video_input": "all", "use_mask": True, "mvm_decode": True, "mvm_loss_weight": 1.0},
     "mean": {"video_input": "mean", "use_mask": False},
 }
-FRAMES = 8  # frames the model sees: the videos' 8 drawn frames, each held for 3 (stllm.synthetic.build_dataset)
-IMAGE_SIZE = 56  # what the model sees: 4 x 4 patches of 14 px, one per column of stllm.synthetic
+FRAMES = (
+    8  # frames the model sees: the videos' 8 drawn frames, each held for 3 (stllm.quickstart.drawing.build_dataset)
+)
+IMAGE_SIZE = 56  # what the model sees: 4 x 4 patches of 14 px, one per column of stllm.quickstart.drawing
 VIDEO_SIZE = 64  # what the videos are drawn at
-LLM = {"hidden_size": 64, "num_hidden_layers": 4, "intermediate_size": 128, "num_attention_heads": 4,
-       "num_key_value_heads": 4}  # 2 layers never learn the tasks by letter, even from text (docs/quickstart.md)
+LLM = {
+    "hidden_size": 64,
+    "num_hidden_layers": 4,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+}  # 2 layers never learn the tasks by letter, even from text (docs/quickstart.md)
 QUERY_TOKENS = 2  # per frame: as many as words per frame in the language pretraining ("red three")
 
 
@@ -76,16 +84,47 @@ def _write_yaml(path: Path, payload: dict) -> Path:
 def train_config(base_model: Path, data: Path, out: Path, overrides: dict, budget: Budget, seed: int) -> dict:
     """A training recipe for one variant: the paper's split (towers frozen, projection + LLM trained)."""
     return {
-        "model": {"preset": "tiny", "init_from": str(base_model), "freeze_vision": True, "freeze_qformer": True,
-                  "freeze_llm": False, "num_frames": FRAMES, **overrides},
-        "data": {"data_root": str(data), "anno_root": "", "image_size": IMAGE_SIZE, "mixture": "shuffled",
-                 "cache_decoded_mb": 512,  # ~300 MB: each clip decoded once, not 16 times
-                 "datasets": [{"name": "synthetic_temporal_qa", "annotation": "train/annotations.json",
-                               "media_root": "train/videos", "media_type": "video", "num_frames": FRAMES}]},
-        "train": {"output_dir": str(out), "max_steps": budget.steps, "per_device_train_batch_size": budget.batch_size,
-                  "learning_rate": 3e-4, "warmup_ratio": 0.05, "lr_scheduler_type": "cosine", "weight_decay": 0.0,
-                  "bf16": False, "gradient_checkpointing": False, "logging_steps": max(1, budget.steps // 10),
-                  "save_strategy": "no", "dataloader_num_workers": 0, "use_cpu": True, "seed": seed},
+        "model": {
+            "init_from": str(base_model),
+            "config": {
+                "freeze_vision": True,
+                "freeze_qformer": True,
+                "freeze_llm": False,
+                "num_frames": FRAMES,
+                **overrides,
+            },
+        },
+        "data": {
+            "data_root": str(data),
+            "anno_root": "",
+            "mixture": "shuffled",
+            "cache_decoded_mb": 512,  # ~300 MB: each clip decoded once, not 16 times
+            "datasets": [
+                {
+                    "name": "synthetic_temporal_qa",
+                    "annotation": "train/annotations.json",
+                    "media_root": "train/videos",
+                    "media_type": "video",
+                    "num_frames": FRAMES,
+                }
+            ],
+        },
+        "train": {
+            "output_dir": str(out),
+            "max_steps": budget.steps,
+            "per_device_train_batch_size": budget.batch_size,
+            "learning_rate": 3e-4,
+            "warmup_ratio": 0.05,
+            "lr_scheduler_type": "cosine",
+            "weight_decay": 0.0,
+            "bf16": False,
+            "gradient_checkpointing": False,
+            "logging_steps": max(1, budget.steps // 10),
+            "save_strategy": "no",
+            "dataloader_num_workers": 0,
+            "use_cpu": True,
+            "seed": seed,
+        },
         "resume": "never",
     }
 
@@ -93,19 +132,31 @@ def train_config(base_model: Path, data: Path, out: Path, overrides: dict, budge
 def eval_config(data: Path, out: Path, tasks: Sequence[str], limit_batch: int) -> dict:
     """MVBench layout and scoring; the prompt is the training format (chat style + "Best option:(")."""
     return {
-        "benchmark": "quickstart", "type": "mcqa", "layout": "mvbench", "data_root": str(data), "anno_dir": "eval/json",
-        "tasks": [{"name": t, "json": f"{t}.json", "media": "eval/videos", "data_type": "video", "bound": False}
-                  for t in tasks],
+        "benchmark": "quickstart",
+        "type": "mcqa",
+        "layout": "mvbench",
+        "data_root": str(data),
+        "anno_dir": "eval/json",
+        "tasks": [
+            {"name": t, "json": f"{t}.json", "media": "eval/videos", "data_type": "video", "bound": False}
+            for t in tasks
+        ],
         "frames": {"rule": "mvbench", "num_frames": FRAMES, "size": IMAGE_SIZE},
-        "prompt": {"style": "chat", "use_system": False, "answer_prefix": "Best option:(", "return_prefix": "(",
-                   "first_line_only": True},
+        "prompt": {
+            "style": "chat",
+            "use_system": False,
+            "answer_prefix": "Best option:(",
+            "return_prefix": "(",
+            "first_line_only": True,
+        },
         "generation": {"num_beams": 1, "do_sample": False, "max_new_tokens": 12, "repetition_penalty": 1.0},
-        "batch_size": limit_batch, "output_dir": str(out),
+        "batch_size": limit_batch,
+        "output_dir": str(out),
     }
 
 
 def _task_accuracies(results_path: Path) -> dict[str, float]:
-    """Strict accuracy per task: MVBench's loose match (SPEC Q8) counts an empty answer "(" as correct, which
+    """Strict accuracy per task: MVBench's loose match (docs/faithfulness.md Q8) counts an empty answer "(" as correct, which
     would make an untrained model look perfect on a miniature; the harness reports both, we table the strict one."""
     tasks = json.loads(results_path.read_text())["metrics"]["tasks"]
     return {task: float(v["strict_acc"]) for task, v in tasks.items()}
@@ -133,29 +184,39 @@ def _run_variant(name: str, out: Path, budget: Budget, seed: int, threads: int) 
 
     -> timings. Raises RuntimeError naming the log when a command fails.
     """
-    from stllm.synthetic import TASKS
+    from stllm.quickstart.drawing import TASKS
 
     slug = name.replace("+", "_")
-    train_cfg = _write_yaml(out / "configs" / f"train_{slug}.yaml",
-                            train_config(out / "base_model", out / "data", out / "models" / slug, VARIANTS[name],
-                                         budget, seed))
-    eval_cfg = _write_yaml(out / "configs" / f"eval_{slug}.yaml",
-                           eval_config(out / "data", out / "eval" / slug, list(TASKS), budget.batch_size))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false"}
+    train_cfg = _write_yaml(
+        out / "configs" / f"train_{slug}.yaml",
+        train_config(out / "base_model", out / "data", out / "models" / slug, VARIANTS[name], budget, seed),
+    )
+    eval_cfg = _write_yaml(
+        out / "configs" / f"eval_{slug}.yaml",
+        eval_config(out / "data", out / "eval" / slug, list(TASKS), budget.batch_size),
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     log = out / "logs" / f"{slug}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     timings = {}
-    steps = {"train": ["train", str(train_cfg)],
-             "eval": ["eval", str(eval_cfg), "--model", str(out / "models" / slug)],
-             "score": ["score", str(out / "eval" / slug / "predictions.jsonl")]}
+    steps = {
+        "train": ["train", str(train_cfg)],
+        "eval": ["eval", str(eval_cfg), "--model", str(out / "models" / slug)],
+        "score": ["score", str(out / "eval" / slug / "predictions.jsonl")],
+    }
     with log.open("w") as sink:
         for stage, args in steps.items():
             t = time.perf_counter()
             sink.write(f"$ python -m stllm {' '.join(args)}\n")
             sink.flush()
-            code = subprocess.run([sys.executable, "-m", "stllm", *args], env=env, stdout=sink,
-                                  stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(
+                [sys.executable, "-m", "stllm", *args], env=env, stdout=sink, stderr=subprocess.STDOUT
+            ).returncode
             if code != 0:
                 tail = "\n".join(log.read_text(errors="replace").splitlines()[-20:])
                 raise RuntimeError(f"`{name}`: `python -m stllm {args[0]}` exited with {code}; log {log}:\n{tail}")
@@ -172,22 +233,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="video training steps per variant")
     parser.add_argument("--text-steps", type=int, default=None, help="at most this many language pretraining steps")
     parser.add_argument("--align-steps", type=int, default=None, help="vision-language alignment steps")
-    parser.add_argument("--jobs", type=int, default=len(VARIANTS),
-                        help="variants trained at once, each in its own process (default: all of them)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=len(VARIANTS),
+        help="variants trained at once, each in its own process (default: all of them)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     import torch
 
-    from stllm.synthetic import build_dataset, corpus_words
-    from stllm.synthetic_text import pretrain_language_model
-    from stllm.synthetic_vision import align_towers
-    from stllm.tiny import build_tiny_model_dir
+    from stllm.quickstart.alignment import align_towers
+    from stllm.quickstart.drawing import build_dataset, corpus_words
+    from stllm.quickstart.language import pretrain_language_model
+    from stllm.testing import build_tiny_model_dir
 
     budget = FAST if args.fast else FULL
-    budget = Budget(budget.train_per_task, budget.eval_per_task, args.steps or budget.steps, budget.batch_size,
-                    budget.text_steps if args.text_steps is None else args.text_steps,
-                    budget.align_steps if args.align_steps is None else args.align_steps)
+    budget = Budget(
+        budget.train_per_task,
+        budget.eval_per_task,
+        args.steps or budget.steps,
+        budget.batch_size,
+        budget.text_steps if args.text_steps is None else args.text_steps,
+        budget.align_steps if args.align_steps is None else args.align_steps,
+    )
     jobs = max(1, min(args.jobs, len(VARIANTS)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     out = Path(args.out).resolve()
@@ -195,33 +265,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     print(f"[quickstart] drawing the synthetic dataset (seed {args.seed}) under {out / 'data'}")
-    build_dataset(out / "data", seed=args.seed, train_per_task=budget.train_per_task,
-                  eval_per_task=budget.eval_per_task, frames=3 * FRAMES, size=VIDEO_SIZE, hold=3)
-    build_tiny_model_dir(out / "base_model", seed=args.seed, extra_text=corpus_words(), vocab_size=600,
-                         vision={"image_size": IMAGE_SIZE, "initializer_range": 0.05}, text=LLM,
-                         num_query_tokens=QUERY_TOKENS, num_frames=FRAMES, freeze_vision=False,
-                         freeze_qformer=False)
+    build_dataset(
+        out / "data",
+        seed=args.seed,
+        train_per_task=budget.train_per_task,
+        eval_per_task=budget.eval_per_task,
+        frames=3 * FRAMES,
+        size=VIDEO_SIZE,
+        hold=3,
+    )
+    build_tiny_model_dir(
+        out / "base_model",
+        seed=args.seed,
+        extra_text=corpus_words(),
+        vocab_size=600,
+        vision={"image_size": IMAGE_SIZE, "initializer_range": 0.05},
+        text=LLM,
+        num_query_tokens=QUERY_TOKENS,
+        num_frames=FRAMES,
+        freeze_vision=False,
+        freeze_qformer=False,
+    )
     timings["data"] = time.perf_counter() - t0
 
     t = time.perf_counter()
-    print(f"[quickstart] language pretraining of the tiny LLM (until it answers held-out questions by letter, "
-          f"at most {budget.text_steps} steps)")
+    print(
+        f"[quickstart] language pretraining of the tiny LLM (until it answers held-out questions by letter, "
+        f"at most {budget.text_steps} steps)"
+    )
     torch.set_num_threads(os.cpu_count() or 1)
     text_accuracy, text_steps = pretrain_language_model(out / "base_model", budget.text_steps, args.seed, FRAMES)
     timings["language pretraining"] = time.perf_counter() - t
-    print(f"[quickstart] after {text_steps} steps the LLM answers the tasks told in words (held out, by letter): "
-          + ", ".join(f"{k} {v:.0f}%" for k, v in text_accuracy.items()))
+    print(
+        f"[quickstart] after {text_steps} steps the LLM answers the tasks told in words (held out, by letter): "
+        + ", ".join(f"{k} {v:.0f}%" for k, v in text_accuracy.items())
+    )
 
     t = time.perf_counter()
     print(f"[quickstart] vision-language alignment of the towers ({budget.align_steps} steps of single frames)")
-    word_accuracy = align_towers(out / "base_model", budget.align_steps, args.seed, IMAGE_SIZE, size=VIDEO_SIZE,
-                                 clip_frames=2 * FRAMES)
+    word_accuracy = align_towers(
+        out / "base_model", budget.align_steps, args.seed, IMAGE_SIZE, size=VIDEO_SIZE, clip_frames=2 * FRAMES
+    )
     timings["vision-language alignment"] = time.perf_counter() - t
-    print("[quickstart] the towers now write a held-out frame's words (nearest LLM embedding): "
-          + ", ".join(f"{k} {v:.0f}%" for k, v in word_accuracy.items()))
+    print(
+        "[quickstart] the towers now write a held-out frame's words (nearest LLM embedding): "
+        + ", ".join(f"{k} {v:.0f}%" for k, v in word_accuracy.items())
+    )
 
-    print(f"[quickstart] training and evaluating {len(VARIANTS)} variants, {jobs} at a time "
-          f"({threads} thread{'s' if threads > 1 else ''} each; logs in {out / 'logs'})")
+    print(
+        f"[quickstart] training and evaluating {len(VARIANTS)} variants, {jobs} at a time "
+        f"({threads} thread{'s' if threads > 1 else ''} each; logs in {out / 'logs'})"
+    )
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {name: pool.submit(_run_variant, name, out, budget, args.seed, threads) for name in VARIANTS}
         variant_timings = {name: future.result() for name, future in futures.items()}
@@ -239,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _table(title: str, scores: dict[str, dict[str, float]], timings: dict[str, float] | None) -> str:
-    from stllm.synthetic import TASKS
+    from stllm.quickstart.drawing import TASKS
 
     tasks = list(TASKS)
     cols = [f"{t}{' (static)' if not TASKS[t][1] else ''}" for t in tasks] + ["temporal mean"]
@@ -253,22 +347,40 @@ def _table(title: str, scores: dict[str, dict[str, float]], timings: dict[str, f
     return "\n".join(lines)
 
 
-def report(out: Path, accuracies: dict[str, dict[str, float]], answers: dict[str, dict[str, float]],
-           timings: dict[str, float], args, budget: Budget, text_accuracy: dict[str, float],
-           text_steps: int, word_accuracy: dict[str, float]) -> None:
+def report(
+    out: Path,
+    accuracies: dict[str, dict[str, float]],
+    answers: dict[str, dict[str, float]],
+    timings: dict[str, float],
+    args,
+    budget: Budget,
+    text_accuracy: dict[str, float],
+    text_steps: int,
+    word_accuracy: dict[str, float],
+) -> None:
     """Print both tables, write results.json and a chart."""
-    from stllm.synthetic import TASKS
+    from stllm.quickstart.drawing import TASKS
 
     chart = out / "quickstart_accuracy.png"
     _chart(chart, accuracies, answers, list(TASKS))
-    payload = {"mvbench_strict_accuracy_percent": accuracies, "answer_accuracy_percent": answers,
-               "language_pretraining_letter_accuracy_percent": text_accuracy,
-               "timings_s": timings, "seed": args.seed, "fast": args.fast, "steps": budget.steps,
-               "text_steps": text_steps, "alignment_word_accuracy_percent": word_accuracy,
-               "align_steps": budget.align_steps,
-               "train_per_task": budget.train_per_task, "eval_per_task": budget.eval_per_task, "frames": FRAMES,
-               "image_size": IMAGE_SIZE, "chance_percent": 50.0,
-               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"}
+    payload = {
+        "mvbench_strict_accuracy_percent": accuracies,
+        "answer_accuracy_percent": answers,
+        "language_pretraining_letter_accuracy_percent": text_accuracy,
+        "timings_s": timings,
+        "seed": args.seed,
+        "fast": args.fast,
+        "steps": budget.steps,
+        "text_steps": text_steps,
+        "alignment_word_accuracy_percent": word_accuracy,
+        "align_steps": budget.align_steps,
+        "train_per_task": budget.train_per_task,
+        "eval_per_task": budget.eval_per_task,
+        "frames": FRAMES,
+        "image_size": IMAGE_SIZE,
+        "chance_percent": 50.0,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+    }
     (out / "results.json").write_text(json.dumps(payload, indent=2))
     print()
     print(_table("MVBench scoring (strict: the option letter), % correct", accuracies, timings))
@@ -278,16 +390,18 @@ def report(out: Path, accuracies: dict[str, dict[str, float]], answers: dict[str
     print(f"total time {timings['total']:.0f} s; chart: {chart}; results: {out / 'results.json'}")
 
 
-def _chart(path: Path, accuracies: dict[str, dict[str, float]], answers: dict[str, dict[str, float]],
-           tasks: list[str]) -> None:
+def _chart(
+    path: Path, accuracies: dict[str, dict[str, float]], answers: dict[str, dict[str, float]], tasks: list[str]
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for ax, (title, scores) in zip(axes, (("MVBench scoring (letter)", accuracies),
-                                          ("answer accuracy (option text)", answers))):
+    for ax, (title, scores) in zip(
+        axes, (("MVBench scoring (letter)", accuracies), ("answer accuracy (option text)", answers))
+    ):
         width = 0.8 / max(1, len(scores))
         for i, (name, acc) in enumerate(scores.items()):
             ax.bar([k + i * width for k in range(len(tasks))], [acc.get(t, 0.0) for t in tasks], width, label=name)

@@ -9,13 +9,14 @@ Every clip also comes described in words, one short phrase per frame ("red three
 its column out of four, "none none" for an empty frame). That is the same scene told as text, used to pretrain
 the quickstart's tiny LLM (stllm/synthetic_text.py), as Vicuna was pretrained on text before ST-LLM saw video.
 """
+
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -47,7 +48,7 @@ def _square(frame: np.ndarray, x: float, y: float, half: int, colour: tuple[int,
     size = frame.shape[0]
     x0, x1 = int(round(x)) - half, int(round(x)) + half
     y0, y1 = int(round(y)) - half, int(round(y)) + half
-    frame[max(y0, 0):max(min(y1, size), 0), max(x0, 0):max(min(x1, size), 0)] = colour
+    frame[max(y0, 0) : max(min(y1, size), 0), max(x0, 0) : max(min(x1, size), 0)] = colour
 
 
 def _describe(colour: str | None, x: float, half: int, size: int) -> str:
@@ -79,8 +80,13 @@ def draw_direction(rng: random.Random, t: int, size: int) -> Clip:
     y = rng.uniform(half, size - half)
     right = rng.random() < 0.5
     xs = _path(t, a, b) if right else _path(t, b, a)
-    return Clip(_moving_square(xs, y, half, COLOURS[name], size), "Which direction does the square move?",
-                ["left", "right"], "right" if right else "left", [_describe(name, x, half, size) for x in xs])
+    return Clip(
+        _moving_square(xs, y, half, COLOURS[name], size),
+        "Which direction does the square move?",
+        ["left", "right"],
+        "right" if right else "left",
+        [_describe(name, x, half, size) for x in xs],
+    )
 
 
 def draw_order(rng: random.Random, t: int, size: int) -> Clip:
@@ -112,8 +118,13 @@ def draw_enter_leave(rng: random.Random, t: int, size: int) -> Clip:
     y = rng.uniform(half, size - half)
     enters = rng.random() < 0.5
     xs = _path(t, outside, centre) if enters else _path(t, centre, outside)
-    return Clip(_moving_square(xs, y, half, COLOURS[name], size), "Does the square enter or leave the frame?",
-                ["enters", "leaves"], "enters" if enters else "leaves", [_describe(name, x, half, size) for x in xs])
+    return Clip(
+        _moving_square(xs, y, half, COLOURS[name], size),
+        "Does the square enter or leave the frame?",
+        ["enters", "leaves"],
+        "enters" if enters else "leaves",
+        [_describe(name, x, half, size) for x in xs],
+    )
 
 
 def draw_colour(rng: random.Random, t: int, size: int) -> Clip:
@@ -186,13 +197,20 @@ def mcq_in_order(clip: Clip, options: list[str]) -> tuple[str, list[str], str]:
     return text, options, f"({LETTERS[options.index(clip.answer)]}) {clip.answer}"
 
 
-def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, eval_per_task: int = 50,
-                  frames: int = 24, size: int = 64, hold: int = 3) -> dict[str, Path]:
+def build_dataset(
+    root: str | Path,
+    seed: int = 0,
+    train_per_task: int = 200,
+    eval_per_task: int = 50,
+    frames: int = 24,
+    size: int = 64,
+    hold: int = 3,
+) -> dict[str, Path]:
     """Write videos and annotations under root; -> paths of the training JSON and the MVBench-style folder.
 
     Each video has `frames` frames: frames // hold drawn ones, each held for `hold` frames. The default, 8
     drawn frames held for 3 (24 frames), is the one layout near there where both samplers of an 8-frame model
-    take every drawn frame exactly once: training's ``rand`` (segments of 3, the last frame excluded: SPEC Q15)
+    take every drawn frame exactly once: training's ``rand`` (segments of 3, the last frame excluded: docs/faithfulness.md Q15)
     and MVBench's get_index (indices 1, 4, 7, 10, 13, 15, 18, 21). A clip and its time reversal then give the
     model the same frames in reverse order, so what a pooling model sees is identical for both answers. Drawn
     frame by frame at 16, the samplers take about every other frame (MVBench: 0, 2, 4, 6, 8, 9, 11, 13), a clip
@@ -202,7 +220,7 @@ def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, ev
     root/eval/videos/*.mp4 + root/eval/json/<task>.json (MVBench: video, question, candidates, answer).
     Training answers read "Best option:(X) answer": the MVBench protocol ends the prompt with "Best option:(".
     A training video carries one QA turn per rotation of its options (both orders, with two), and training
-    reads one turn at random per visit (SPEC Q14): the letter cannot be learnt per video, only from the
+    reads one turn at random per visit (docs/faithfulness.md Q14): the letter cannot be learnt per video, only from the
     option list (with one fixed order per video, a model wrote the right answer text for 100% of held-out
     direction questions but the right letter for 80%, measured).
     """
@@ -220,19 +238,29 @@ def build_dataset(root: str | Path, seed: int = 0, train_per_task: int = 200, ev
                 text, options, gt = mcq(clip, rng)
                 if split == "train":  # one QA turn per option order; training takes one at random per visit
                     turns = [mcq_in_order(clip, options[r:] + options[:r]) for r in range(len(options))]
-                    train_items.append({"video": name, "QA": [{"i": "", "q": q, "a": f"Best option:{a}"}
-                                                              for q, _, a in turns], "task": task})
+                    train_items.append(
+                        {
+                            "video": name,
+                            "QA": [{"i": "", "q": q, "a": f"Best option:{a}"} for q, _, a in turns],
+                            "task": task,
+                        }
+                    )
                 else:
-                    eval_items[task].append({"video": name, "question": clip.question, "candidates": options,
-                                             "answer": clip.answer})
+                    eval_items[task].append(
+                        {"video": name, "question": clip.question, "candidates": options, "answer": clip.answer}
+                    )
     rng.shuffle(train_items)
     (root / "train").mkdir(parents=True, exist_ok=True)
     (root / "train" / "annotations.json").write_text(json.dumps(train_items, indent=1))
     (root / "eval" / "json").mkdir(parents=True, exist_ok=True)
     for task, items in eval_items.items():
         (root / "eval" / "json" / f"{task}.json").write_text(json.dumps(items, indent=1))
-    return {"train_annotations": root / "train" / "annotations.json", "train_media": root / "train" / "videos",
-            "eval_json": root / "eval" / "json", "eval_media": root / "eval" / "videos"}
+    return {
+        "train_annotations": root / "train" / "annotations.json",
+        "train_media": root / "train" / "videos",
+        "eval_json": root / "eval" / "json",
+        "eval_media": root / "eval" / "videos",
+    }
 
 
 def corpus_words() -> list[str]:

@@ -1,11 +1,12 @@
 """Original ST-LLM / LAVIS / Vicuna / HF InstructBLIP checkpoints -> our save_pretrained directory, strictly, shard by shard.
 
-`python -m stllm convert --from-stllm DIR --recipe qa --out OUT` converts the released weights (SPEC 6.1, 6.3);
-`--from-lavis --eva F --qformer F --llm DIR` and `--from-hf-instructblip DIR` build the training start (SPEC 6.2).
+`python -m stllm convert --from-stllm DIR --recipe qa --out OUT` converts the released weights (docs/original.md §6.1, 6.3);
+`--from-lavis --eva F --qformer F --llm DIR` and `--from-hf-instructblip DIR` build the training start (docs/original.md §6.2).
 Every source key is mapped or skipped by a rule with a reason; every model tensor gets a value from a named file
-or from an initialisation listed in `conversion_report.json` (DESIGN decision 3, SPEC Q6c/Q24/Q25 [FIX]).
+or from an initialisation listed in `conversion_report.json` (docs/design.md decision 3, docs/faithfulness.md Q6c/Q24/Q25 [FIX]).
 The target model exists only on the meta device; tensors flow from one source shard to one output shard.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,38 +15,50 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm import tqdm
 
-from stllm.models.checkpoint_io import CheckpointError, iter_checkpoint
+from stllm.checkpoints.io import CheckpointError, iter_checkpoint
+from stllm.checkpoints.keymap import ConversionResult, KeyMappingError, convert_original_state_dict
+from stllm.checkpoints.writer import ShardWriter, parse_size
 from stllm.models.configuration import StllmConfig, preset_config
-from stllm.models.keymap import ConversionResult, KeyMappingError, convert_original_state_dict
 from stllm.models.modeling import StllmForConditionalGeneration
-from stllm.models.shard_writer import ShardWriter, parse_size
 
 logger = logging.getLogger(__name__)
 
-RECIPES = {"qa": "stllm-qa", "conversation": "stllm-conversation", "qa-minigpt4": "stllm-qa-minigpt4",
-           "conversation-minigpt4": "stllm-conversation-minigpt4"}
+RECIPES = {
+    "qa": "stllm-qa",
+    "conversation": "stllm-conversation",
+    "qa-minigpt4": "stllm-qa-minigpt4",
+    "conversation-minigpt4": "stllm-conversation-minigpt4",
+}
 BENCHMARKS = {"qa": "MVBench, MSVD-QA, MSRVTT-QA, ActivityNet-QA", "conversation": "VideoChatGPT-Bench (VCGBench)"}
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 EMBED, ALIAS = "model.embed_tokens.weight", "model.stllm_model.embed_tokens.weight"
 VOCAB_KEYS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
-# SPEC 1.2/1.3: the original casts every Conv2d/Linear weight and bias of the vision tower (BT-Adapter included)
+# docs/original.md §1.2/1.3: the original casts every Conv2d/Linear weight and bias of the vision tower (BT-Adapter included)
 # to fp16 after loading; the q/v biases (our fused qkv.bias), norms, cls/pos embeddings stay fp32.
-VIT_FP16 = re.compile(r"(vision_model\.embeddings\.patch_embedding|(vision_model\.encoder\.layers|btadapter\.spatial)"
-                      r"\.\d+(\.layer)?\.(self_attn\.projection|mlp\.fc[12])|btadapter\.temporal\.\d+\."
-                      r"(self_attn\.projection|temporal_fc))\.(weight|bias)|.*\.self_attn\.qkv\.weight")
-# New modules that no starting checkpoint holds: they start from the model's own init (SPEC 1.3, 1.7, 1.8).
-INIT_ALLOWED = re.compile(r"btadapter\.(cls_token|position_embedding\.weight|temporal\..+)|mvm_decoder\..+|"
-                          r"global_adapter\..+")
-# BLIP-2 stage-1 checkpoint (MiniGPT-4 recipes): heads the original silently ignored with its non-strict load (SPEC 6.2).
-BLIP2_SKIPS = [(r"(Qformer\.cls|vision_proj|text_proj|itm_head|t5_proj|t5_model|opt_proj|opt_model)\..+|temp",
-                "BLIP-2 pre-training head, not part of ST-LLM (the original ignored it, SPEC 6.2)")]
+VIT_FP16 = re.compile(
+    r"(vision_model\.embeddings\.patch_embedding|(vision_model\.encoder\.layers|btadapter\.spatial)"
+    r"\.\d+(\.layer)?\.(self_attn\.projection|mlp\.fc[12])|btadapter\.temporal\.\d+\."
+    r"(self_attn\.projection|temporal_fc))\.(weight|bias)|.*\.self_attn\.qkv\.weight"
+)
+# New modules that no starting checkpoint holds: they start from the model's own init (docs/original.md §1.3, 1.7, 1.8).
+INIT_ALLOWED = re.compile(
+    r"btadapter\.(cls_token|position_embedding\.weight|temporal\..+)|mvm_decoder\..+|"
+    r"global_adapter\..+"
+)
+# BLIP-2 stage-1 checkpoint (MiniGPT-4 recipes): heads the original silently ignored with its non-strict load (docs/original.md §6.2).
+BLIP2_SKIPS = [
+    (
+        r"(Qformer\.cls|vision_proj|text_proj|itm_head|t5_proj|t5_model|opt_proj|opt_model)\..+|temp",
+        "BLIP-2 pre-training head, not part of ST-LLM (the original ignored it, docs/original.md §6.2)",
+    )
+]
 HF_SKIPS = [(r"qformer\.embeddings\.position_ids|.*rotary_emb\.inv_freq", "buffer rebuilt from the config")]
 
 
@@ -77,8 +90,9 @@ def meta_model(config: StllmConfig) -> StllmForConditionalGeneration:
 class Converter:
     """Streams sources into a ShardWriter; collects every problem and raises them together at the end."""
 
-    def __init__(self, config: StllmConfig, out: Path, dtype: torch.dtype, vit_fp16: bool, max_bytes: int,
-                 seed: int) -> None:
+    def __init__(
+        self, config: StllmConfig, out: Path, dtype: torch.dtype, vit_fp16: bool, max_bytes: int, seed: int
+    ) -> None:
         self.config, self.out, self.dtype, self.vit_fp16, self.seed = config, out, dtype, vit_fp16, seed
         self.model = meta_model(config)
         self.expected = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
@@ -88,7 +102,7 @@ class Converter:
         self.unknown: list[str] = []
         vc = config.vision_config
         first = vc.num_hidden_layers - config.btadapter_depth
-        self.spatial_of = ({first + k: k for k in range(config.btadapter_depth)} if config.btadapter else {})
+        self.spatial_of = {first + k: k for k in range(config.btadapter_depth)} if config.btadapter else {}
 
     # ---------------------------------------------------------------------------------------------- streaming
     def add_source(self, src: Source) -> None:
@@ -107,7 +121,10 @@ class Converter:
                 okey = src.prefix + key
                 for old, new in src.renames:
                     okey = re.sub(old, new, okey)
-                if okey in (EMBED, ALIAS):  # SPEC Q24: the alias must equal the embedding, checked by checksum
+                if okey in (
+                    EMBED,
+                    ALIAS,
+                ):  # docs/faithfulness.md Q24: the alias must equal the embedding, checked by checksum
                     self.hashes.setdefault(okey, _digest(tensor))
                 n_skipped = len(result.skipped)
                 convert_original_state_dict({okey: tensor}, result, unknown)
@@ -135,22 +152,29 @@ class Converter:
                 return
         fresh = src is None or src.fresh_start
         if self.vit_fp16 and fresh and VIT_FP16.fullmatch(target):
-            tensor = tensor.to(torch.float16)  # SPEC 1.2 `vit_precision fp16`: values rounded as the original's
+            tensor = tensor.to(
+                torch.float16
+            )  # docs/original.md §1.2 `vit_precision fp16`: values rounded as the original's
         self.writer.add(target, tensor.to(self.dtype).contiguous())
         self.report.provenance[target] = str(shard)
         layer = re.fullmatch(r"vision_model\.encoder\.layers\.(\d+)\.(.+)", target)
-        if fresh and layer and int(layer.group(1)) in self.spatial_of:  # SPEC 1.3: spatial = copy of EVA block
+        if (
+            fresh and layer and int(layer.group(1)) in self.spatial_of
+        ):  # docs/original.md §1.3: spatial = copy of EVA block
             copy = f"btadapter.spatial.{self.spatial_of[int(layer.group(1))]}.layer.{layer.group(2)}"
             self.emit(copy, tensor.clone(), f"{shard} (copy of {target})", src)
 
-    def fit_shape(self, target: str, tensor: torch.Tensor, want: tuple, shard: Path | str,
-                  src: Source | None) -> torch.Tensor | None:
+    def fit_shape(
+        self, target: str, tensor: torch.Tensor, want: tuple, shard: Path | str, src: Source | None
+    ) -> torch.Tensor | None:
         rows = want[0] - tensor.shape[0]
         if src is not None and src.fresh_start and target in VOCAB_KEYS and rows > 0 and tensor.shape[1:] == want[1:]:
-            # SPEC 1.6: Vicuna's 32000 rows + [PAD]; transformers 4.28 initialised new rows N(0, 0.02)
+            # docs/original.md §1.6: Vicuna's 32000 rows + [PAD]; transformers 4.28 initialised new rows N(0, 0.02)
             g = torch.Generator().manual_seed(self.seed + VOCAB_KEYS.index(target))
             new = torch.randn((rows, *want[1:]), generator=g) * self.config.text_config.initializer_range
-            self.report.provenance[f"{target}[{tensor.shape[0]}:]"] = "initialised: N(0, 0.02) rows for [PAD] (SPEC 1.6)"
+            self.report.provenance[f"{target}[{tensor.shape[0]}:]"] = (
+                "initialised: N(0, 0.02) rows for [PAD] (docs/original.md §1.6)"
+            )
             return torch.cat([tensor.float(), new]).to(tensor.dtype)
         self.report.problems.append(f"{shard}: {target} has shape {tuple(tensor.shape)}, the model needs {want}")
         return None
@@ -170,7 +194,12 @@ class Converter:
             params = dict(module.state_dict())
             for k in missing:
                 if k.startswith(root + "."):
-                    self.emit(k, params[k[len(root) + 1:]].clone(), "initialised (model init, SPEC 1.3/1.7/1.8)", None)
+                    self.emit(
+                        k,
+                        params[k[len(root) + 1 :]].clone(),
+                        "initialised (model init, docs/original.md §1.3/1.7/1.8)",
+                        None,
+                    )
 
     def finish(self, allow_init: bool) -> Report:
         if allow_init:
@@ -179,7 +208,9 @@ class Converter:
         if self.unknown:
             r.problems.append(f"{len(self.unknown)} source keys have no mapping rule: {sorted(self.unknown)}")
         if EMBED in self.hashes and ALIAS in self.hashes and self.hashes[EMBED] != self.hashes[ALIAS]:
-            r.problems.append(f"{ALIAS} differs from {EMBED}: the alias must be the same tensor (SPEC Q24)")
+            r.problems.append(
+                f"{ALIAS} differs from {EMBED}: the alias must be the same tensor (docs/faithfulness.md Q24)"
+            )
         missing = sorted(k for k in self.expected if k not in r.provenance)
         if missing:
             r.problems.append(f"{len(missing)} model keys have no value in any source: {missing}")
@@ -211,18 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=sorted(RECIPES), required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--eva", type=Path, help="LAVIS eva_vit_g.pth")
-    p.add_argument("--qformer", type=Path, help="instruct_blip_vicuna7b_trimmed.pth (blip2_pretrained_flant5xxl.pth "
-                                                "for the minigpt4 recipes)")
+    p.add_argument(
+        "--qformer",
+        type=Path,
+        help="instruct_blip_vicuna7b_trimmed.pth (blip2_pretrained_flant5xxl.pth for the minigpt4 recipes)",
+    )
     p.add_argument("--projection", type=Path, help="minigpt4 recipes: MiniGPT-4 stage-1 file with llama_proj.*")
     p.add_argument("--llm", type=Path, help="Vicuna HF directory (model.* / lm_head.*)")
     p.add_argument("--config", type=Path, help="StllmConfig JSON (or a model dir) instead of the recipe's preset")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="default: float16 for --from-stllm, else float32")
-    p.add_argument("--vit-fp16", action=argparse.BooleanOptionalAction, default=True,
-                   help="round EVA/BT-Adapter linear weights through fp16 as the original (training starts)")
+    p.add_argument(
+        "--vit-fp16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="round EVA/BT-Adapter linear weights through fp16 as the original (training starts)",
+    )
     p.add_argument("--llm-tokenizer", type=Path, help="Llama tokenizer.model (default: from the LLM/source dir)")
     p.add_argument("--qformer-vocab", type=Path, help="BERT vocab.txt (default: from the source dir)")
-    p.add_argument("--no-tokenizer", action="store_true",
-                   help="write weights only (the directory then needs tokenizer files before eval or the demos)")
+    p.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="write weights only (the directory then needs tokenizer files before eval or the demos)",
+    )
     p.add_argument("--max-shard-size", default="2GB")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialised new modules and [PAD] rows")
     return p
@@ -258,32 +299,42 @@ def sources_for(args: argparse.Namespace, config: StllmConfig) -> list[Source]:
 def default_tokenizer_files(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
     roots = [d for d in (args.from_stllm, args.llm, args.from_hf_instructblip) if d is not None and d.is_dir()]
     tok = args.llm_tokenizer or next((d / "tokenizer.model" for d in roots if (d / "tokenizer.model").is_file()), None)
-    vocab = args.qformer_vocab or next((f for d in roots for f in (d / "vocab.txt", d / "qformer_tokenizer" /
-                                        "vocab.txt") if f.is_file()), None)
+    vocab = args.qformer_vocab or next(
+        (f for d in roots for f in (d / "vocab.txt", d / "qformer_tokenizer" / "vocab.txt") if f.is_file()), None
+    )
     return tok, vocab
 
 
 def save_tokenizers(config: StllmConfig, out: Path, tok: Path | None, vocab: Path | None) -> bool:
-    """SPEC 3.1 special-token setup through the processor; False when there are no files (--no-tokenizer)."""
+    """docs/original.md §3.1 special-token setup through the processor; False when there are no files (--no-tokenizer)."""
     if tok is None or vocab is None:
         return False
-    from stllm.data.processor import StllmProcessor  # models never import data at module level (DESIGN 3)
+    from stllm.data.processor import (
+        StllmProcessor,
+    )  # models never import data at module level (docs/design.md decision 3)
 
     vocab_dir = vocab.parent if vocab.name == "vocab.txt" else vocab
-    StllmProcessor.from_config(config, tok, vocab_dir).save_pretrained(out)
+    StllmProcessor.from_files(config, tok, vocab_dir).save_pretrained(out)
     return True
 
 
 def model_card(args: argparse.Namespace, config: StllmConfig, sources: list[Source], dtype: torch.dtype) -> str:
     base = args.recipe.split("-")[0]
     kind = "the released ST-LLM weights" if args.from_stllm else "a training start (not trained for ST-LLM yet)"
-    lines = [f"# ST-LLM ({args.recipe})", "", f"Converted by `python -m stllm convert` from {kind}.", "",
-             f"- recipe: {args.recipe} (preset {config.recipe}), video input `{config.video_input}`, "
-             f"{config.num_frames} frames, BT-Adapter {'on' if config.btadapter else 'off'}",
-             f"- meant for: {BENCHMARKS[base]}", f"- dtype: {str(dtype).replace('torch.', '')}",
-             "- sources: " + "; ".join(f"{s.label}: `{s.path.name}`" for s in sources),
-             "- provenance of every tensor and every skipped source key: `conversion_report.json`",
-             "", "Paper: ST-LLM, Liu et al. 2024 (arXiv 2404.00308)."]
+    lines = [
+        f"# ST-LLM ({args.recipe})",
+        "",
+        f"Converted by `python -m stllm convert` from {kind}.",
+        "",
+        f"- recipe: {args.recipe} (preset {config.recipe}), video input `{config.video_input}`, "
+        f"{config.num_frames} frames, BT-Adapter {'on' if config.btadapter else 'off'}",
+        f"- meant for: {BENCHMARKS[base]}",
+        f"- dtype: {str(dtype).replace('torch.', '')}",
+        "- sources: " + "; ".join(f"{s.label}: `{s.path.name}`" for s in sources),
+        "- provenance of every tensor and every skipped source key: `conversion_report.json`",
+        "",
+        "Paper: ST-LLM, Liu et al. 2024 (arXiv 2404.00308).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -296,10 +347,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     tokenizer_files = default_tokenizer_files(args)
     if None in tokenizer_files and not args.no_tokenizer:
         # checked before the (long) conversion: a model directory without tokenizer files cannot be evaluated
-        missing = [flag for flag, f in zip(("--llm-tokenizer tokenizer.model", "--qformer-vocab vocab.txt"),
-                                           tokenizer_files) if f is None]
-        raise SystemExit(f"convert: no tokenizer found in the source directories; pass {' and '.join(missing)} "
-                         f"(the released weights ship none, SPEC 5.4), or --no-tokenizer to write weights only")
+        missing = [
+            flag
+            for flag, f in zip(("--llm-tokenizer tokenizer.model", "--qformer-vocab vocab.txt"), tokenizer_files)
+            if f is None
+        ]
+        raise SystemExit(
+            f"convert: no tokenizer found in the source directories; pass {' and '.join(missing)} "
+            f"(the released weights ship none, docs/original.md §5.4), or --no-tokenizer to write weights only"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     conv = Converter(config, args.out, dtype, args.vit_fp16, parse_size(args.max_shard_size), args.seed)
     try:
@@ -314,9 +370,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.save_pretrained(args.out)
     has_tok = save_tokenizers(config, args.out, *tokenizer_files)
     (args.out / "README.md").write_text(model_card(args, config, sources, dtype))
-    (args.out / "conversion_report.json").write_text(json.dumps(
-        {"sources": {s.label: str(s.path) for s in sources}, "tensors": report.provenance,
-         "skipped_source_keys": report.skipped, "tokenizer": has_tok}, indent=1))
+    (args.out / "conversion_report.json").write_text(
+        json.dumps(
+            {
+                "sources": {s.label: str(s.path) for s in sources},
+                "tensors": report.provenance,
+                "skipped_source_keys": report.skipped,
+                "tokenizer": has_tok,
+            },
+            indent=1,
+        )
+    )
     counts: dict[str, int] = {}
     for origin in report.provenance.values():
         counts[origin.split(" (copy")[0]] = counts.get(origin.split(" (copy")[0], 0) + 1

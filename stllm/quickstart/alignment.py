@@ -3,7 +3,7 @@
 ST-LLM starts from an EVA ViT and a Q-Former that InstructBLIP already aligned with the LLM on images, and
 keeps them frozen. The quickstart's towers are drawn at random, so they get that alignment here, in miniature:
 single frames (no time at all), each a random frame of a freshly drawn clip, and the target is the LLM's input
-embedding of that frame's words (stllm.synthetic: "red three" = the square's colour and column, "none none"
+embedding of that frame's words (stllm.quickstart.drawing: "red three" = the square's colour and column, "none none"
 for an empty frame), one word per query token. The loss is a mean squared error normalised by the target's
 power. The LLM is not touched. After this stage a frozen text-pretrained LLM reads the towers' tokens much as it
 reads the words; everything about time is left to the video stage and the LLM, which is the paper's point.
@@ -13,6 +13,7 @@ they are some twenty times weaker than the patch embeddings' output, and a tower
 square's colour but not its column within the budget (measured: column 20-30% against 66% with unit scale,
 docs/quickstart.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -27,15 +28,16 @@ from tqdm import tqdm
 
 from stllm.data.processor import StllmProcessor
 from stllm.data.transforms import build_transform
-from stllm.synthetic import TASKS, mcq
+from stllm.quickstart.drawing import TASKS, mcq
 
 logger = logging.getLogger(__name__)
 
 SLOTS = ("colour", "column")  # what each query token of a frame stands for
 
 
-def frame_batch(processor: StllmProcessor, rng: random.Random, size: int, image_size: int, batch_size: int,
-                clip_frames: int) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+def frame_batch(
+    processor: StllmProcessor, rng: random.Random, size: int, image_size: int, batch_size: int, clip_frames: int
+) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """Random frames of freshly drawn clips -> (pixels (B, 1, 3, S, S), Q-Former texts, word ids (B, 2)).
 
     The Q-Former text is the clip's own multiple-choice question, as in video training (InstructBLIP feeds the
@@ -48,8 +50,10 @@ def frame_batch(processor: StllmProcessor, rng: random.Random, size: int, image_
         i = rng.randrange(clip_frames)
         words = processor.tokenizer.encode(clip.words[i])
         if len(words) != len(SLOTS):
-            raise ValueError(f"frame words {clip.words[i]!r} are {len(words)} tokens, expected {len(SLOTS)}: the "
-                             "tokenizer must hold each colour and column as one piece (stllm.synthetic.corpus_words)")
+            raise ValueError(
+                f"frame words {clip.words[i]!r} are {len(words)} tokens, expected {len(SLOTS)}: the "
+                "tokenizer must hold each colour and column as one piece (stllm.quickstart.drawing.corpus_words)"
+            )
         frames.append(clip.frames[i])
         texts.append(mcq(clip, rng)[0])
         ids.append(words)
@@ -58,8 +62,15 @@ def frame_batch(processor: StllmProcessor, rng: random.Random, size: int, image_
 
 
 @torch.no_grad()
-def word_accuracy(model: torch.nn.Module, processor: StllmProcessor, seed: int, size: int, image_size: int,
-                  clip_frames: int, n: int = 256) -> dict[str, float]:
+def word_accuracy(
+    model: torch.nn.Module,
+    processor: StllmProcessor,
+    seed: int,
+    size: int,
+    image_size: int,
+    clip_frames: int,
+    n: int = 256,
+) -> dict[str, float]:
     """Held-out frames -> % per slot whose token's nearest LLM input embedding (L2) is the frame's word."""
     pixels, texts, ids = frame_batch(processor, random.Random(seed), size, image_size, n, clip_frames)
     was_training = model.training
@@ -71,9 +82,18 @@ def word_accuracy(model: torch.nn.Module, processor: StllmProcessor, seed: int, 
     return {slot: 100.0 * (nearest[:, k] == ids[:, k]).float().mean().item() for k, slot in enumerate(SLOTS)}
 
 
-def align_towers(model_dir: str | Path, steps: int, seed: int, image_size: int, size: int = 64,
-                 clip_frames: int = 16, batch_size: int = 64, lr: float = 3e-3, position_std: float = 1.0,
-                 progress: bool = True) -> dict[str, float]:
+def align_towers(
+    model_dir: str | Path,
+    steps: int,
+    seed: int,
+    image_size: int,
+    size: int = 64,
+    clip_frames: int = 16,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    position_std: float = 1.0,
+    progress: bool = True,
+) -> dict[str, float]:
     """Train the EVA, Q-Former, query tokens and projection of the saved model in model_dir so that each frame's
     query tokens are the LLM's embeddings of its words; save in place (the LLM is unchanged).
 
@@ -83,11 +103,13 @@ def align_towers(model_dir: str | Path, steps: int, seed: int, image_size: int, 
     from stllm.models.modeling import StllmForConditionalGeneration
 
     model_dir = Path(model_dir)
-    processor = StllmProcessor.from_pretrained(model_dir)
     model = StllmForConditionalGeneration.from_pretrained(model_dir)
+    processor = StllmProcessor.from_pretrained(model_dir, model.config)
     if model.config.num_query_tokens != len(SLOTS):
-        raise ValueError(f"{model_dir}: the alignment writes a frame as {len(SLOTS)} words, one per query token; "
-                         f"the model has num_query_tokens={model.config.num_query_tokens}")
+        raise ValueError(
+            f"{model_dir}: the alignment writes a frame as {len(SLOTS)} words, one per query token; "
+            f"the model has num_query_tokens={model.config.num_query_tokens}"
+        )
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         pos = model.vision_model.embeddings.position_embedding
@@ -98,13 +120,15 @@ def align_towers(model_dir: str | Path, steps: int, seed: int, image_size: int, 
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps)))
+    )
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="vision-language alignment", disable=not progress, mininterval=2.0)
     for step in bar:
-        pixels, texts, ids = frame_batch(processor, random.Random(seed * 1_000_003 + step), size, image_size,
-                                         batch_size, clip_frames)
+        pixels, texts, ids = frame_batch(
+            processor, random.Random(seed * 1_000_003 + step), size, image_size, batch_size, clip_frames
+        )
         tokens = model.get_frame_features(pixels, **processor.qformer_inputs(texts))[:, 0]  # (B, 2, D)
         target = table[ids]  # (B, 2, D)
         loss = torch.nn.functional.mse_loss(tokens, target) / target.pow(2).mean()
