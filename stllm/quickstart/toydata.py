@@ -1,6 +1,6 @@
 """Output folder -> a small VideoChat2-IT-format dataset for tiny CPU training runs (drawn videos or given ones).
 
-`python -m stllm.quickstart.toydata OUT [--videos DIR] [--num N]` writes OUT/anno/toy.json and, for drawn videos,
+`python -m stllm toy-data OUT [--videos DIR] [--num N]` writes OUT/anno/toy.json and, for drawn videos,
 OUT/videos/*.mp4: a coloured square moving left or right ("Which way does the square move?"). With
 `--videos DIR`, every video of DIR gets a few questions answered by its file name (enough to memorise).
 Then: `python -m stllm train configs/train/tiny.yaml data.data_root=OUT`.
@@ -63,7 +63,7 @@ def _write_annotation(root: Path, items: list[dict]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm.quickstart.toydata", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stllm toy-data", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="dataset root (pass it as data.data_root)")
     parser.add_argument("--videos", help="use the videos of this folder instead of drawn ones")
     parser.add_argument("--num", type=int, default=16, help="number of drawn videos")
