@@ -2,6 +2,7 @@
 
 This table is the only place that names the commands (a plain dict; modules are imported lazily, so
 `python -m stllm score` does not import torch). A command may be two words (`bench data`, `data check`).
+An error that is the user's input (stllm.errors.StllmError) ends the command with one line and exit status 2.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+
+from stllm.errors import StllmError
 
 # command -> (module whose main(argv) runs it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,4 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name, rest = found
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except StllmError as err:  # the user's input: one line naming the file/key and the problem, no traceback
+        print(f"stllm {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stllm {name}: interrupted", file=sys.stderr)
+        return 130

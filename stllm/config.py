@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,10 +18,12 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from stllm.errors import StllmError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(StllmError, ValueError):
     """A config file or override that does not fit its schema."""
 
 
@@ -33,7 +36,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _valid_keys(schema: type, dotted: str) -> list[str]:
     cls: Any = schema
     for part in [p for p in dotted.split(".")[:-1] if p]:
-        types = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+        types = _field_types(cls) if isinstance(cls, type) and dataclasses.is_dataclass(cls) else {}
         if part not in types or not dataclasses.is_dataclass(types[part]):
             return []
         cls = types[part]
@@ -60,7 +63,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 
 
 def load_config(
-    schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = (), section: str | None = None
+    schema: type[T], path: str | os.PathLike | None = None, overrides: Sequence[str] = (), section: str | None = None
 ) -> T:
     """Dataclass defaults <- YAML at `path` <- `key=value` overrides; returns a `schema` instance.
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from stllm.data.processor import StllmProcessor
+from stllm.errors import StllmError
 from stllm.generation import GenerationConfig, strip_leading_special
 from stllm.models.modeling import StllmForConditionalGeneration, attention_implementation
 
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(StllmError, ValueError):
     """A model folder that cannot be loaded exactly as saved (the message names the folder and the problem)."""
 
 
@@ -61,9 +62,11 @@ def load(
     dev = torch.device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     implementation = attention_implementation(dev) if attn == "auto" else attn
-    model, info = StllmForConditionalGeneration.from_pretrained(
+    loaded = StllmForConditionalGeneration.from_pretrained(
         path, dtype=torch_dtype, attn_implementation=implementation, output_loading_info=True
     )
+    # with output_loading_info, from_pretrained returns (model, info); its annotation only names the model
+    model, info = cast("tuple[StllmForConditionalGeneration, dict[str, Any]]", loaded)
     problems = [
         f"{len(info[k])} {what}: {sorted(info[k])[:20]}"
         for k, what in (
@@ -76,7 +79,8 @@ def load(
     if problems:
         raise ModelLoadError(f"{path}: the weights do not fit the model: " + "; ".join(problems))
     model.requires_grad_(False)
-    model.to(dev).eval()
+    # PreTrainedModel.to is wrapped with functools.wraps, whose stub loses the method binding: call it as a Module's
+    cast(torch.nn.Module, model).to(dev).eval()
     processor = StllmProcessor.from_pretrained(path, model.config)
     logger.info("loaded %s on %s (%s, attention %s)", path, dev, torch_dtype, implementation)
     return model, processor

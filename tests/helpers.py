@@ -1,4 +1,4 @@
-"""Shared test helpers: paths of the shared assets and the StllmConfig of the original's tiny reference models."""
+"""Shared test helpers: paths of the test data and the StllmConfig of the original's tiny reference models."""
 
 from __future__ import annotations
 
@@ -9,22 +9,22 @@ import pytest
 
 from stllm.models.configuration import StllmConfig, eva_vit_g_config, qformer_base_config, vicuna_7b_config
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-REFERENCE = SHARED / "reference"
-VIDEOS = SHARED / "videos"
-CHECKPOINT_KEYS = SHARED / "checkpoint-keys"
+DATA = Path(__file__).resolve().parent / "data"
+REFERENCE = DATA / "reference"  # outputs of the original implementation on tiny models (README.md there)
+CHECKPOINT_KEYS = DATA / "checkpoint-keys"  # key lists of the released checkpoints (README.md there)
+VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "videos"  # real clips, kept outside the repository
 
 
 def need(path: Path) -> Path:
-    """Skip the calling test, saying why, when a shared asset folder is absent."""
+    """Skip the calling test, saying why, when the real video clips (VIDEOS) beside the repository are absent."""
     if not path.exists():
-        pytest.skip(f"{path} is absent (the shared assets folder beside the repository is needed for this test)")
+        pytest.skip(f"{path} is absent (the folder of real video clips beside the repository is needed for this test)")
     return path
 
 
 def reference_config(name: str) -> StllmConfig:
-    """The original's tiny `qa` / `conversation` models (../shared/reference/README.md) as a StllmConfig."""
-    ref = json.loads((need(REFERENCE) / f"config_{name}.json").read_text())
+    """The original's tiny `qa` / `conversation` models (tests/data/reference/README.md) as a StllmConfig."""
+    ref = json.loads((REFERENCE / f"config_{name}.json").read_text())
     flags, ve = ref["stllm_model_flags"], ref["visual_encoder"]
     llama, bert = ref["llama_config"], ref["qformer_bert_config"]
     residual = ref.get("residual") or {}

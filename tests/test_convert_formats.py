@@ -17,8 +17,6 @@ from stllm.models.modeling import StllmForConditionalGeneration
 from tests.helpers import REFERENCE as REF
 from tests.helpers import reference_config
 
-pytestmark = pytest.mark.skipif(not (REF / "weights_qa.safetensors").is_file(), reason="../shared/reference is absent")
-
 
 @pytest.fixture(scope="module")
 def original() -> dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Chat engine: prompts (docs/original.md §7.3, Q12), encode once, streaming, the evaluation decoding path, threads, MiniGPT-4."""
+"""Chat engine: prompts (docs/original.md §7.3, Q12), encode once, streaming, the evaluation decoding path, threads,
+MiniGPT-4."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from stllm.eval.generate import answer as eval_answer
 
 from stllm.data.video import MediaError
 from stllm.demo.engine import (
@@ -23,6 +23,8 @@ from stllm.demo.engine import (
 )
 from stllm.eval.config import PromptConfig
 from stllm.eval.prompts import build_prompt
+from stllm.generation import postprocess
+from stllm.inference import generate_raw
 from tests.helpers import VIDEOS, need
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +71,7 @@ def test_video_encoded_once_per_upload_and_answers_are_the_eval_path(engine, vid
     assert [q for q, _ in chat.history] == ["what is happening in the video?", "and then?"]
     # the first answer is exactly what evaluation's decoding path returns for this prompt and Q-Former text
     gen = chat.settings.generation()
-    want = eval_answer(
+    raw = generate_raw(
         engine.model,
         engine.processor,
         chat.pixel_values[None],
@@ -77,6 +79,7 @@ def test_video_encoded_once_per_upload_and_answers_are_the_eval_path(engine, vid
         ["what is happening in the video?"],
         gen,
     )
+    want = [postprocess(t) for t in raw]
     assert first == want[0]
     assert isinstance(second, str)
     chat.reset()

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stllm.eval.run import run
 
 from stllm.config import load_config
 from stllm.eval.config import EvalConfig, JudgeConfig, JudgePrompt
 from stllm.eval.judge import JudgeClient, build_messages
+from stllm.eval.predict import run
 from stllm.eval.score import main as score_main
 from tests.eval_layouts import CONFIGS, build_mcqa, build_open_qa, build_vcgbench, fake_answerer
 

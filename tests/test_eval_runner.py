@@ -11,19 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-from stllm.eval.run import main as eval_main
-from stllm.eval.run import run
 
 from stllm.config import load_config
 from stllm.eval.config import EvalConfig
-from stllm.eval.predict import read_records
+from stllm.eval.predict import main as eval_main
+from stllm.eval.predict import run
+from stllm.eval.records import read_records
 from tests.eval_layouts import CONFIGS, REPO, build_mcqa, build_vcgbench, fake_answerer
 
 DRIVER = """
 import sys, time
 from stllm.config import load_config
 from stllm.eval.config import EvalConfig
-from stllm.eval.run import run
+from stllm.eval.predict import run
 from tests.eval_layouts import fake_answerer
 
 delay = float(sys.argv[2])

@@ -8,7 +8,8 @@ from stllm.config import load_config
 from stllm.eval.config import EvalConfig, PromptConfig, validate
 from stllm.eval.judge import build_messages, parse_reply
 from stllm.eval.metrics import check_ans, check_ans_strict, score_mcqa, score_open_qa, score_vcgbench
-from stllm.eval.prompts import build_prompt, mcqa_prediction, mcqa_question, postprocess, strip_leading_special
+from stllm.eval.prompts import build_prompt, mcqa_prediction, mcqa_question
+from stllm.generation import postprocess, strip_leading_special
 from tests.eval_layouts import CONFIGS
 
 GT = "(A) walking slowly."

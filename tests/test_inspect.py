@@ -15,8 +15,6 @@ from stllm.checkpoints.inspect import main as inspect_main
 from tests.helpers import REFERENCE as REF
 from tests.helpers import reference_config
 
-pytestmark = pytest.mark.skipif(not (REF / "weights_qa.safetensors").is_file(), reason="../shared/reference is absent")
-
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:

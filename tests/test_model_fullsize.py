@@ -10,7 +10,7 @@ import torch
 from stllm.checkpoints.keymap import check_state_dict_fits, convert_original_state_dict, map_original_key
 from stllm.models.configuration import preset_config
 from stllm.models.modeling import StllmForConditionalGeneration
-from tests.helpers import CHECKPOINT_KEYS, need
+from tests.helpers import CHECKPOINT_KEYS
 
 CASES = [
     ("stllm-qa", "keys_qa_fullsize.json"),
@@ -22,7 +22,7 @@ CASES = [
 
 @pytest.mark.parametrize("preset,keys_file", CASES)
 def test_released_checkpoint_fits_preset_with_same_trainable_set(preset, keys_file):
-    entries = json.loads((need(CHECKPOINT_KEYS) / keys_file).read_text())
+    entries = json.loads((CHECKPOINT_KEYS / keys_file).read_text())
     with torch.device("meta"):
         model = StllmForConditionalGeneration(preset_config(preset))
     source = {name: torch.empty(shape, device="meta") for name, shape, *_ in entries}

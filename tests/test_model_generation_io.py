@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stllm.models.modeling import StllmForConditionalGeneration, StopOnFirstRow
+from stllm.inference import StopOnFirstRow
+from stllm.models.modeling import StllmForConditionalGeneration
 from tests.test_model_core import make_batch, make_model
 
 
@@ -53,8 +54,8 @@ def test_beam_search_sampling_and_repetition_penalty_run():
 
 
 def test_repetition_penalty_sees_generated_tokens_only():
-    """docs/faithfulness.md Q26: the prompt goes in as embeddings, so prompt ids are not penalised. A penalty of 1e9 on a token
-    that appears only in the prompt must not stop it from being generated."""
+    """docs/faithfulness.md Q26: the prompt goes in as embeddings, so prompt ids are not penalised. A penalty of
+    1e9 on a token that appears only in the prompt must not stop it from being generated."""
     model = make_model(seed=5).eval()
     px = torch.randn(1, 4, 3, 28, 28)
     plain = model.generate(input_ids=_prompt(model), pixel_values=px, max_new_tokens=1, do_sample=False)

@@ -1,4 +1,4 @@
-"""Our model vs the original implementation's outputs on its tiny reference models (../shared/reference).
+"""Our model vs the original implementation's outputs on its tiny reference models (tests/data/reference).
 
 Weights come in the original naming and go through the same key map a user's conversion uses; token ids come
 from our processor. Tolerances: tensors 1e-4, losses 1e-5 (reference README).
@@ -17,7 +17,7 @@ from stllm.data.processor import StllmProcessor
 from stllm.data.tokenization import LlamaSentencePieceTokenizer, load_qformer_tokenizer
 from stllm.models.modeling import StllmForConditionalGeneration
 from stllm.models.vision import encode_frames
-from tests.helpers import REFERENCE, need, reference_config
+from tests.helpers import REFERENCE, reference_config
 
 ATOL = 1e-4
 
@@ -25,7 +25,7 @@ ATOL = 1e-4
 def _load(name: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(need(REFERENCE) / f"{name}.safetensors"))
+    return load_file(str(REFERENCE / f"{name}.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_case_d_full_forward_tokens_logits_loss(models, videos):
     meta = json.loads((REFERENCE / "case_d_all_nomask.json").read_text())
     model = models["qa"]
     tok_dir = REFERENCE / "tokenizers"
-    proc = StllmProcessor.from_config(model.config, tok_dir / "llama_tiny" / "tokenizer.model", tok_dir / "bert_tiny")
+    proc = StllmProcessor.from_files(model.config, tok_dir / "llama_tiny" / "tokenizer.model", tok_dir / "bert_tiny")
     # every tokenizer call of the original is reproduced id for id
     llama = LlamaSentencePieceTokenizer(tok_dir / "llama_tiny" / "tokenizer.model")
     for call in meta["tokenizer_calls"]:

@@ -14,6 +14,9 @@ import sentencepiece as spm
 import torch
 
 from stllm.data.processor import ProcessorSettings, StllmProcessor
+from stllm.models.configuration import StllmConfig
+
+MODEL_FIELDS = ("video_input", "residual_size", "qformer_text_input")  # read from the model's config
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -42,8 +45,9 @@ def sp(sp_file):
 
 
 def make(sp_file, bert_dir, **kw) -> StllmProcessor:
-    settings = ProcessorSettings(num_query_tokens=4, video_token_id=32001, **kw)
-    return StllmProcessor.from_files(sp_file, bert_dir, settings)
+    model = {k: kw.pop(k) for k in MODEL_FIELDS if k in kw}
+    config = StllmConfig(num_query_tokens=4, video_token_id=32001, **model)
+    return StllmProcessor.from_files(config, sp_file, bert_dir, ProcessorSettings(**kw))
 
 
 CASES = [
@@ -153,8 +157,9 @@ def test_collate_right_pads_and_pad_left(sp_file, bert_dir):
 def test_save_and_reload_gives_the_same_ids(sp_file, bert_dir, tmp_path):
     proc = make(sp_file, bert_dir)
     proc.save_pretrained(tmp_path)
-    again = StllmProcessor.from_pretrained(tmp_path)
+    again = StllmProcessor.from_pretrained(tmp_path, proc.config)
+    assert again.settings == proc.settings
     for ins, q, a in CASES:
         assert again.training_example(ins, q, a, 2) == proc.training_example(ins, q, a, 2)
     with pytest.raises(FileNotFoundError, match="not a converted stllm model directory"):
-        StllmProcessor.from_pretrained(tmp_path / "nothing")
+        StllmProcessor.from_pretrained(tmp_path / "nothing", proc.config)

@@ -73,19 +73,20 @@ def test_frame_words_tell_the_same_story_as_the_pixels():
 
 def test_text_example_puts_the_frame_words_where_the_video_goes(quickstart_model):
     from stllm.data.processor import StllmProcessor
+    from stllm.models.configuration import StllmConfig
     from stllm.quickstart.language import text_example
 
-    processor = StllmProcessor.from_pretrained(quickstart_model)
+    processor = StllmProcessor.from_pretrained(quickstart_model, StllmConfig.from_pretrained(quickstart_model))
     sp = processor.tokenizer.sp
     for word in [*COLUMNS, "none", "red", "green", "blue", "yellow"]:  # one token each, as one query token
         assert len(processor.tokenizer.encode(word)) == 1, word
     for seed in range(8):
         example, task, at = text_example(processor, random.Random(seed), frames=8)
         ids, labels = example["input_ids"], example["labels"]
-        assert processor.settings.video_token_id not in ids and len(ids) == len(labels)
+        assert processor.config.video_token_id not in ids and len(ids) == len(labels)
         words = processor.decode(ids[:16]).split()  # 8 frames x 2 words, then the prompt as with video tokens
         video_prompt = processor.build_prompt_ids("<ImageHere>###Human: hi", 1)
-        after_video = video_prompt[video_prompt.index(processor.settings.video_token_id) + QUERY_TOKENS]
+        after_video = video_prompt[video_prompt.index(processor.config.video_token_id) + QUERY_TOKENS]
         assert len(words) == 16 and words[1] in COLUMNS + ("none",) and ids[16] == after_video
         answer = [i for i, label in zip(ids, labels) if label != -100]
         assert processor.decode(answer).startswith("Best option:(") and labels[at] == ids[at]
@@ -94,9 +95,10 @@ def test_text_example_puts_the_frame_words_where_the_video_goes(quickstart_model
 
 def test_word_dropout_drops_a_masking_share_of_the_frame_words_in_order(quickstart_model):
     from stllm.data.processor import StllmProcessor
+    from stllm.models.configuration import StllmConfig
     from stllm.quickstart.language import text_example
 
-    processor = StllmProcessor.from_pretrained(quickstart_model)
+    processor = StllmProcessor.from_pretrained(quickstart_model, StllmConfig.from_pretrained(quickstart_model))
     for seed in range(20):
         full, task, at = text_example(processor, random.Random(seed), frames=8)
         kept, task2, at2 = text_example(processor, random.Random(seed), frames=8, word_dropout=1.0)
@@ -134,9 +136,10 @@ def test_alignment_trains_the_towers_towards_the_frame_words(quickstart_model, t
     from safetensors.torch import load_file
 
     from stllm.data.processor import StllmProcessor
+    from stllm.models.configuration import StllmConfig
     from stllm.quickstart.alignment import SLOTS, align_towers, frame_batch
 
-    processor = StllmProcessor.from_pretrained(quickstart_model)
+    processor = StllmProcessor.from_pretrained(quickstart_model, StllmConfig.from_pretrained(quickstart_model))
     pixels, texts, ids = frame_batch(processor, random.Random(0), 64, 56, batch_size=3, clip_frames=16)
     assert pixels.shape == (3, 1, 3, 56, 56) and len(texts) == 3 and ids.shape == (3, len(SLOTS))
     assert all(t.startswith("Question: ") for t in texts)

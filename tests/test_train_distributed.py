@@ -27,7 +27,7 @@ import sys, torch
 from stllm.data.processor import StllmProcessor
 from stllm.models.modeling import StllmForConditionalGeneration
 model = StllmForConditionalGeneration.from_pretrained(sys.argv[1]).eval()
-proc = StllmProcessor.from_pretrained(sys.argv[1])
+proc = StllmProcessor.from_pretrained(sys.argv[1], model.config)
 batch = proc.collate([proc.training_example("", "Which way does the square move?", "The red square moves left.", 4)])
 pixels = torch.randn(1, 4, 3, 28, 28, generator=torch.Generator().manual_seed(0))
 with torch.no_grad():

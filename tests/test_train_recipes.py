@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from stllm.models.configuration import preset_config
+from stllm.models.lora import apply_lora
 from stllm.models.modeling import StllmForConditionalGeneration
 from stllm.quickstart.toydata import write_drawn_dataset
 from stllm.train import run
@@ -28,13 +30,37 @@ PAPER = {
 }
 
 
+# the training starts the recipes name (model.init_from) -> the preset `python -m stllm convert` writes there
+# (trainval.md: --recipe qa / conversation, and their MiniGPT-4 variants; the AVP baseline starts from the QA model)
+STARTS = {
+    "stllm_qa_init": "stllm-qa",
+    "stllm_avp_init": "stllm-qa",
+    "stllm_conversation_init": "stllm-conversation",
+    "stllm_qa_minigpt4_init": "stllm-qa-minigpt4",
+    "stllm_avp_minigpt4_init": "stllm-qa-minigpt4",
+    "stllm_conversation_minigpt4_init": "stllm-conversation-minigpt4",
+}
+
+
+@pytest.fixture(scope="module")
+def starts(tmp_path_factory) -> Path:
+    """A folder per training start holding only its config.json (enough to build the model on the meta device)."""
+    root = tmp_path_factory.mktemp("starts")
+    for name, preset in STARTS.items():
+        preset_config(preset).save_pretrained(root / name)
+    return root
+
+
 def test_all_recipes_are_tested():
     assert {p.stem for p in RECIPES} == PAPER | {"tiny"}
 
 
 @pytest.mark.parametrize("recipe", sorted(PAPER))
-def test_recipe_builds_full_size_on_meta(recipe):
+def test_recipe_builds_full_size_on_meta(recipe, starts):
     cfg = load_train_config(REPO / "configs" / "train" / f"{recipe}.yaml", check_files=False)
+    start = Path(cfg.model.init_from).name
+    assert start in STARTS, cfg.model.init_from
+    cfg.model.init_from = str(starts / start)
     mc = run.model_config(cfg.model)
     with torch.device("meta"):
         model = StllmForConditionalGeneration(mc)
@@ -82,12 +108,14 @@ def test_deepspeed_jsons_follow_spec():
     assert offload["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
-def test_lora_recipe_trains_adapters_and_non_llm_modules(tmp_path):
+def test_lora_recipe_trains_adapters_and_non_llm_modules(tiny_model_dir):
     cfg = load_train_config(REPO / "configs" / "train" / "stllm_qa_lora.yaml", check_files=False)
-    cfg.model.preset, cfg.model.init_from = "tiny", ""
-    cfg.model.btadapter_depth = 2
+    cfg.model.init_from = str(tiny_model_dir)
+    cfg.model.config["btadapter_depth"] = 2
     mc = run.model_config(cfg.model)
-    model = run.apply_lora(StllmForConditionalGeneration(mc), cfg.lora)
+    assert mc.btadapter and mc.mvm_decode  # the recipe's changes to the start's config
+    lora = cfg.lora
+    model = apply_lora(StllmForConditionalGeneration(mc), lora.r, lora.alpha, lora.dropout, lora.target_modules)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     llm = [n for n in names if ".language_model." in n]
     assert llm and all("lora_" in n for n in llm)  # only adapters inside the LLM
@@ -96,12 +124,13 @@ def test_lora_recipe_trains_adapters_and_non_llm_modules(tmp_path):
     assert not any(".vision_model." in n or ".qformer." in n for n in names)
 
 
-def test_lora_tiny_run_saves_a_merged_plain_model(tmp_path):
+def test_lora_tiny_run_saves_a_merged_plain_model(tiny_model_dir, tmp_path):
     root = tmp_path / "toy"
     write_drawn_dataset(root, num=4)
     cfg = load_train_config(
         REPO / "configs" / "train" / "tiny.yaml",
         [
+            f"model.init_from={tiny_model_dir}",
             f"data.data_root={root}",
             f"train.output_dir={tmp_path / 'run'}",
             "train.max_steps=2",

@@ -1,4 +1,5 @@
-"""`python -m stllm train` on the tiny recipe: loss goes down, saved dirs reload, resume is bitwise, errors come early."""
+"""`python -m stllm train` on the tiny recipe: loss goes down, saved dirs reload, resume is bitwise, errors come
+early."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from stllm.config import ConfigError
 from stllm.data.processor import StllmProcessor
 from stllm.models.modeling import StllmForConditionalGeneration
 from stllm.quickstart.toydata import write_drawn_dataset, write_video_dataset
+from stllm.testing import build_tiny_model_dir
 from stllm.train import run
 from stllm.train.config import load_train_config
 from tests.helpers import VIDEOS, need
@@ -28,10 +30,17 @@ def toy_root(tmp_path_factory) -> Path:
     return root
 
 
-def tiny_config(root: Path, out: Path, *overrides: str):
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory) -> Path:
+    """The training start of the tiny recipe (seed 42, the recipe's train.seed)."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_init"), seed=42)
+
+
+def tiny_config(root: Path, out: Path, *overrides: str, init_from: Path):
     return load_train_config(
         TINY,
         [
+            f"model.init_from={init_from}",
             f"data.data_root={root}",
             f"train.output_dir={out}",
             "train.per_device_train_batch_size=2",
@@ -47,8 +56,8 @@ def losses(out: Path) -> dict[int, dict]:
     return {h["step"]: h for h in history if "loss" in h}
 
 
-def _check_lowers_loss(root: Path, out: Path) -> None:
-    run.train(tiny_config(root, out, "train.max_steps=12", "train.save_strategy=no"))
+def _check_lowers_loss(root: Path, out: Path, init_from: Path) -> None:
+    run.train(tiny_config(root, out, "train.max_steps=12", "train.save_strategy=no", init_from=init_from))
     log = losses(out)
     first = sum(log[s]["loss"] for s in (1, 2, 3)) / 3
     last = sum(log[s]["loss"] for s in (10, 11, 12)) / 3
@@ -58,7 +67,7 @@ def _check_lowers_loss(root: Path, out: Path) -> None:
         assert 0.3 - 1e-6 <= entry["kept_ratio"] <= 0.9 + 1e-6  # 1 - r, r in [0.1, 0.7] (docs/original.md §2.1)
     # the output dir is a model dir: loads with no conversion and runs
     model = StllmForConditionalGeneration.from_pretrained(out).eval()
-    processor = StllmProcessor.from_pretrained(out)
+    processor = StllmProcessor.from_pretrained(out, model.config)
     ex = processor.training_example("", "Which way does the square move?", "left", num_frames=4)
     batch = processor.collate([ex])
     pixels = torch.randn(1, 4, 3, 28, 28)
@@ -67,14 +76,14 @@ def _check_lowers_loss(root: Path, out: Path) -> None:
     assert (out / "train_config.yaml").is_file()
 
 
-def test_tiny_recipe_lowers_loss_on_drawn_videos(toy_root, tmp_path):
-    _check_lowers_loss(toy_root, tmp_path / "run")
+def test_tiny_recipe_lowers_loss_on_drawn_videos(toy_root, tiny_init, tmp_path):
+    _check_lowers_loss(toy_root, tmp_path / "run", tiny_init)
 
 
-def test_tiny_recipe_lowers_loss_on_shared_videos(tmp_path):
+def test_tiny_recipe_lowers_loss_on_shared_videos(tiny_init, tmp_path):
     root = tmp_path / "data"
     write_video_dataset(root, need(VIDEOS))
-    _check_lowers_loss(root, tmp_path / "run")
+    _check_lowers_loss(root, tmp_path / "run", tiny_init)
 
 
 class StopAt(TrainerCallback):
@@ -86,14 +95,14 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resume_is_bitwise(toy_root, tmp_path):
+def test_resume_is_bitwise(toy_root, tiny_init, tmp_path):
     # 8 samples / batch 2 = 4 steps per epoch: stopping at 6 resumes mid-way through the second pass
     common = ["train.max_steps=8", "train.save_strategy=steps", "train.save_steps=3"]
-    run.train(tiny_config(toy_root, tmp_path / "a", *common))
-    run.train(tiny_config(toy_root, tmp_path / "b", *common), callbacks=[StopAt(6)])
+    run.train(tiny_config(toy_root, tmp_path / "a", *common, init_from=tiny_init))
+    run.train(tiny_config(toy_root, tmp_path / "b", *common, init_from=tiny_init), callbacks=[StopAt(6)])
     stopped = losses(tmp_path / "b")
     assert max(stopped) == 6 and (tmp_path / "b" / "checkpoint-6").is_dir()
-    run.train(tiny_config(toy_root, tmp_path / "b", *common))  # resume=auto -> checkpoint-6
+    run.train(tiny_config(toy_root, tmp_path / "b", *common, init_from=tiny_init))  # resume=auto -> checkpoint-6
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     for step in range(1, 9):
         for key in ("loss", "lm_loss", "mvm_loss", "kept_ratio"):

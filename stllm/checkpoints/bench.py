@@ -1,9 +1,10 @@
 """Key list of a released checkpoint -> synthetic full-size checkpoint -> `convert --from-stllm`: peak RSS and time.
 
 `python -m stllm bench convert [--recipe qa] [--dtype float16] [--workdir DIR] [--keep]` writes random tensors
-with the released shapes as HF-Trainer shards (`pytorch_model-0000k-of-0000n.bin`, <= 10 GB each, + index, with
-the duplicated embedding alias, docs/original.md §5.4/6.1), then converts them in a child process (so building the synthetic
-files does not count) with the same code path as `python -m stllm convert --from-stllm`.
+with the released shapes (the key list `original_key_list` derives from the recipe's preset, or `--keys FILE`) as
+HF-Trainer shards (`pytorch_model-0000k-of-0000n.bin`, <= 10 GB each, + index, with the duplicated embedding alias,
+docs/original.md §5.4/6.1), then converts them in a child process (so building the synthetic files does not count)
+with the same code path as `python -m stllm convert --from-stllm`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import resource
 import shutil
 import subprocess
@@ -24,7 +26,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from stllm.checkpoints.convert import RECIPES
+from stllm.checkpoints.keymap import original_key_list
 from stllm.checkpoints.writer import parse_size
+from stllm.models.configuration import preset_config
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -105,21 +110,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         return _child(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    p = argparse.ArgumentParser(prog="python -m stllm bench convert", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m stllm bench convert", description=(__doc__ or "").splitlines()[0])
     p.add_argument("--recipe", choices=("qa", "conversation"), default="qa")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float16")
-    p.add_argument("--keys", type=Path, help="key list (default ../shared/checkpoint-keys/keys_{recipe}_fullsize.json)")
+    p.add_argument(
+        "--keys",
+        type=Path,
+        help="JSON key list [[name, shape, dtype], ...] (default: generated from the recipe's preset, "
+        "the same list as tests/data/checkpoint-keys/keys_{recipe}_fullsize.json)",
+    )
     p.add_argument("--workdir", type=Path, help="where the synthetic files go (default: a temporary dir)")
     p.add_argument("--source-shard-size", default="10GB", help="HF-Trainer shard size of the synthetic source")
     p.add_argument("--max-shard-size", default="2GB", help="output shard size passed to convert")
     p.add_argument("--keep", action="store_true", help="keep the synthetic source and the converted output")
     args = p.parse_args(argv)
-    keys_path = args.keys or Path("../shared/checkpoint-keys") / f"keys_{args.recipe}_fullsize.json"
-    if not keys_path.is_file():
-        raise SystemExit(f"{keys_path} not found: pass --keys keys_{args.recipe}_fullsize.json")
-    keys = json.loads(keys_path.read_text())
+    if args.keys is None:
+        keys = [list(entry) for entry in original_key_list(preset_config(RECIPES[args.recipe]))]
+    elif args.keys.is_file():
+        keys = json.loads(args.keys.read_text())
+    else:
+        raise SystemExit(f"{args.keys} not found")
     dtype = DTYPES[args.dtype]
-    need = 2 * sum(torch.Size(k[1]).numel() for k in keys) * dtype.itemsize
+    need = 2 * sum(math.prod(int(n) for n in k[1]) for k in keys) * dtype.itemsize
     work = Path(tempfile.mkdtemp(prefix="stllm-bench-convert-", dir=args.workdir))
     free = shutil.disk_usage(work).free
     if free < need * 1.05:
@@ -153,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"conversion failed:\n{proc.stderr[-4000:]}")
-        figures = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("BENCH "))[6:])
+        figures = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("BENCH "))[6:])
         children_max_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         out_size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
         shards = sorted(f.name for f in src.glob("*.bin"))

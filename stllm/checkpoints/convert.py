@@ -1,9 +1,13 @@
-"""Original ST-LLM / LAVIS / Vicuna / HF InstructBLIP checkpoints -> our save_pretrained directory, strictly, shard by shard.
+"""Original ST-LLM / LAVIS / Vicuna / HF InstructBLIP checkpoints -> our save_pretrained directory, strictly, shard by
+shard.
 
-`python -m stllm convert --from-stllm DIR --recipe qa --out OUT` converts the released weights (docs/original.md §6.1, 6.3);
-`--from-lavis --eva F --qformer F --llm DIR` and `--from-hf-instructblip DIR` build the training start (docs/original.md §6.2).
+`python -m stllm convert --from-stllm DIR --recipe qa --out OUT` converts the released weights (docs/original.md §6.1,
+6.3);
+`--from-lavis --eva F --qformer F --llm DIR` and `--from-hf-instructblip DIR` build the training start
+(docs/original.md §6.2).
 Every source key is mapped or skipped by a rule with a reason; every model tensor gets a value from a named file
-or from an initialisation listed in `conversion_report.json` (docs/design.md decision 3, docs/faithfulness.md Q6c/Q24/Q25 [FIX]).
+or from an initialisation listed in `conversion_report.json` (docs/design.md decision 3, docs/faithfulness.md
+Q6c/Q24/Q25 [FIX]).
 The target model exists only on the meta device; tensors flow from one source shard to one output shard.
 """
 
@@ -40,7 +44,8 @@ BENCHMARKS = {"qa": "MVBench, MSVD-QA, MSRVTT-QA, ActivityNet-QA", "conversation
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 EMBED, ALIAS = "model.embed_tokens.weight", "model.stllm_model.embed_tokens.weight"
 VOCAB_KEYS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
-# docs/original.md §1.2/1.3: the original casts every Conv2d/Linear weight and bias of the vision tower (BT-Adapter included)
+# docs/original.md §1.2/1.3: the original casts every Conv2d/Linear weight and bias of the vision tower (BT-Adapter
+# included)
 # to fp16 after loading; the q/v biases (our fused qkv.bias), norms, cls/pos embeddings stay fp32.
 VIT_FP16 = re.compile(
     r"(vision_model\.embeddings\.patch_embedding|(vision_model\.encoder\.layers|btadapter\.spatial)"
@@ -52,7 +57,8 @@ INIT_ALLOWED = re.compile(
     r"btadapter\.(cls_token|position_embedding\.weight|temporal\..+)|mvm_decoder\..+|"
     r"global_adapter\..+"
 )
-# BLIP-2 stage-1 checkpoint (MiniGPT-4 recipes): heads the original silently ignored with its non-strict load (docs/original.md §6.2).
+# BLIP-2 stage-1 checkpoint (MiniGPT-4 recipes): heads the original silently ignored with its non-strict load
+# (docs/original.md §6.2).
 BLIP2_SKIPS = [
     (
         r"(Qformer\.cls|vision_proj|text_proj|itm_head|t5_proj|t5_model|opt_proj|opt_model)\..+|temp",
@@ -147,9 +153,10 @@ class Converter:
             return
         want = self.expected[target]
         if tuple(tensor.shape) != want:
-            tensor = self.fit_shape(target, tensor, want, shard, src)
-            if tensor is None:
+            fitted = self.fit_shape(target, tensor, want, shard, src)
+            if fitted is None:
                 return
+            tensor = fitted
         fresh = src is None or src.fresh_start
         if self.vit_fp16 and fresh and VIT_FP16.fullmatch(target):
             tensor = tensor.to(
@@ -234,7 +241,9 @@ def _digest(t: torch.Tensor) -> str:
 
 # ------------------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m stllm convert", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m stllm convert", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-stllm", type=Path, metavar="DIR", help="released QA_weight / conversation_weight")
     src.add_argument("--from-lavis", action="store_true", help="training start: --eva, --qformer, --llm")
@@ -306,7 +315,8 @@ def default_tokenizer_files(args: argparse.Namespace) -> tuple[Path | None, Path
 
 
 def save_tokenizers(config: StllmConfig, out: Path, tok: Path | None, vocab: Path | None) -> bool:
-    """docs/original.md §3.1 special-token setup through the processor; False when there are no files (--no-tokenizer)."""
+    """docs/original.md §3.1 special-token setup through the processor; False when there are no files
+    (--no-tokenizer)."""
     if tok is None or vocab is None:
         return False
     from stllm.data.processor import (

@@ -125,7 +125,9 @@ def format_block(info: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stllm inspect", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m stllm inspect", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     p.add_argument("model_dir", type=Path)
     p.add_argument("--json", action="store_true", help="print JSON instead of the readable block")
     p.add_argument("--no-fingerprint", action="store_true", help="skip hashing the tensors (fast)")

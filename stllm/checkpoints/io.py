@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from stllm.errors import StllmError
+
 logger = logging.getLogger(__name__)
 
 SHARD_BIN = re.compile(r"pytorch_model-(\d+)-of-(\d+)\.bin")
@@ -28,7 +30,7 @@ SHARD_ST = re.compile(r"model-(\d+)-of-(\d+)\.safetensors")
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(StllmError, ValueError):
     """A checkpoint file or directory that cannot be read as plain weights; the message names the file."""
 
 

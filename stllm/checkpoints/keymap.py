@@ -1,8 +1,10 @@
 """Original ST-LLM / LAVIS parameter names -> ours: a rule for every key, skips only with a stated reason.
 
-The original names come from docs/original.md §6.1 (`model.*`, `model.stllm_model.*`, `lm_head.*`); ../shared/checkpoint-keys
-lists them all. EVA's separate `q_bias`/`v_bias` become transformers' single `qkv.bias` = cat(q, 0, v): the
-original's key bias is a fixed zero (docs/original.md §1.2), so nothing is lost.
+The original names come from docs/original.md §6.1 (`model.*`, `model.stllm_model.*`, `lm_head.*`);
+tests/data/checkpoint-keys lists those of the released checkpoints. EVA's separate `q_bias`/`v_bias` become
+transformers' single `qkv.bias` = cat(q, 0, v): the original's key bias is a fixed zero (docs/original.md §1.2), so
+nothing is lost. `original_key_list` runs the rules backwards: a config -> the original checkpoint's names, shapes and
+dtypes (what `python -m stllm bench convert` writes).
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import re
 from dataclasses import dataclass, field
 
 import torch
+
+from stllm.errors import StllmError
+from stllm.models.configuration import StllmConfig
+from stllm.models.modeling import StllmForConditionalGeneration
 
 # (pattern, replacement) tried in order; the first full match wins.
 _EVA_BLOCK = [
@@ -91,7 +97,7 @@ _COMPILED = [(re.compile(p), r) for p, r in _rules()]
 _SKIPS = [(re.compile(p), why) for p, why in SKIP_RULES]
 
 
-class KeyMappingError(ValueError):
+class KeyMappingError(StllmError, ValueError):
     """Source keys without a rule, or a converted state dict that does not fit the model."""
 
 
@@ -204,3 +210,175 @@ def load_original_state_dict(
     check_state_dict_fits(result.state_dict, model, name, result.pending)
     model.load_state_dict(result.state_dict, strict=True)
     return result.skipped
+
+
+# ------------------------------------------------------------------------------------------ ours -> original
+EMBED_ALIAS = "model.stllm_model.embed_tokens.weight"  # the LLM input embedding registered a second time
+
+
+def _original_order() -> list[str]:
+    """The original's state_dict order (its module registration order); `#` stands for a block / layer index."""
+    m, v, q = "model.stllm_model.", "model.stllm_model.visual_encoder.", "model.stllm_model.Qformer.bert."
+    wb = ("weight", "bias")
+    eva_block = [f"norm1.{x}" for x in wb] + ["attn.q_bias", "attn.v_bias", "attn.qkv.weight"]
+    eva_block += [f"attn.proj.{x}" for x in wb] + [f"norm2.{x}" for x in wb]
+    eva_block += [f"mlp.{fc}.{x}" for fc in ("fc1", "fc2") for x in wb]
+    bt_temporal = ["attn.q_bias", "attn.v_bias", "attn.qkv.weight"] + [f"attn.proj.{x}" for x in wb]
+    bt_temporal += [f"norm1.{x}" for x in wb] + [f"temporal_fc.{x}" for x in wb]
+    attention = [f"self.{p}.{x}" for p in ("query", "key", "value") for x in wb]
+    attention += [f"output.{p}.{x}" for p in ("dense", "LayerNorm") for x in wb]
+    qformer_layer = [f"{a}.{x}" for a in ("attention", "crossattention") for x in attention]
+    qformer_layer += [f"intermediate.dense.{x}" for x in wb]
+    qformer_layer += [f"output.{p}.{x}" for p in ("dense", "LayerNorm") for x in wb]
+    qformer_layer += [f"intermediate_query.dense.{x}" for x in wb]
+    qformer_layer += [f"output_query.{p}.{x}" for p in ("dense", "LayerNorm") for x in wb]
+    order = ["model.embed_tokens.weight"]
+    order += [f"model.layers.#.self_attn.{p}_proj.weight" for p in "qkvo"]
+    order += ["model.layers.#.self_attn.rotary_emb.inv_freq"]  # transformers 4.28 only
+    order += [f"model.layers.#.mlp.{p}_proj.weight" for p in ("gate", "up", "down")]
+    order += [f"model.layers.#.{p}.weight" for p in ("input_layernorm", "post_attention_layernorm")]
+    order += ["model.norm.weight", m + "query_tokens", m + "residual_index"]
+    order += [f"{m}{p}.{x}" for p in ("down_proj", "up_proj", "mvm_decoder.head", "mvm_decoder.norm") for x in wb]
+    order += [v + "cls_token", v + "pos_embed", v + "BTAdapter_cls"] + [f"{v}patch_embed.proj.{x}" for x in wb]
+    order += [v + "blocks.#." + k for k in eva_block] + [v + "BTAdapter_S.#." + k for k in eva_block]
+    order += [v + "BTAdapter_T.#." + k for k in bt_temporal] + [v + "BTAdapter_position.weight"]
+    order += [f"{m}ln_vision.{x}" for x in wb] + [q + "embeddings.position_ids"]
+    order += [f"{q}embeddings.{p}.weight" for p in ("word_embeddings", "position_embeddings")]
+    order += [f"{q}embeddings.LayerNorm.{x}" for x in wb] + [q + "encoder.layer.#." + k for k in qformer_layer]
+    order += [f"{m}llama_proj.{x}" for x in wb] + [EMBED_ALIAS, "lm_head.weight"]
+    return order
+
+
+_ORDER = {name: rank for rank, name in enumerate(_original_order())}
+_INDEX = re.compile(r"\.(\d+)\.")
+
+
+def original_order_key(name: str) -> tuple:
+    """Sort key that puts original names in the original's state_dict order (block by block, as modules nest)."""
+    template = _INDEX.sub(".#.", name)
+    if template not in _ORDER:
+        raise KeyMappingError(f"{name!r} has no place in the original's key order")
+    group = template.split("#")[0]  # every key of one block sorts together, blocks by index
+    first = min(r for t, r in _ORDER.items() if t.split("#")[0] == group)
+    return first, tuple(int(i) for i in _INDEX.findall(name)), _ORDER[template]
+
+
+# docs/original.md §1.2/1.3/6.1: the released checkpoints hold the LLM in float16 (loaded with torch_dtype float16),
+# the vision tower's Conv2d/Linear weights and biases in float16 (BT-Adapter included; the original casts them after
+# loading), the integer buffers as int64 and everything else (q/v biases, norms, cls/pos embeddings, Q-Former,
+# projection, adapters, MVM decoder, RoPE inv_freq) in float32.
+_FP16 = re.compile(
+    r"(model\.embed_tokens|model\.norm|lm_head|model\.stllm_model\.embed_tokens)\.weight"
+    r"|model\.layers\.\d+\.(?!self_attn\.rotary_emb\.).+"
+    r"|model\.stllm_model\.visual_encoder\.(patch_embed\.proj|(blocks|BTAdapter_S)\.\d+\.(attn\.proj|mlp\.fc[12])"
+    r"|BTAdapter_T\.\d+\.(attn\.proj|temporal_fc))\.(weight|bias)"
+    r"|model\.stllm_model\.visual_encoder\.(blocks|BTAdapter_S|BTAdapter_T)\.\d+\.attn\.qkv\.weight"
+)
+_INT64 = re.compile(r"model\.stllm_model\.(residual_index|Qformer\.bert\.embeddings\.position_ids)")
+
+
+def original_dtype(name: str) -> str:
+    """The dtype (torch name without `torch.`) a tensor of the released ST-LLM checkpoints is stored in."""
+    if _INT64.fullmatch(name):
+        return "int64"
+    return "float16" if _FP16.fullmatch(name) else "float32"
+
+
+_GROUP = re.compile(r"\(([^()]*)\)")
+_BACKREF = re.compile(r"\\(\d)")
+
+
+@dataclass
+class _InverseRule:
+    ours: re.Pattern  # matches our name; group gK holds what the original rule's group K captured
+    pieces: list[str]  # the original name: literal text at even positions, group names (gK) at odd ones
+    slot: str | None = None  # gK of a fused q/v bias: the original has one key per alternative of that group
+    slot_values: tuple[str, ...] = ()
+
+
+def _invert_rule(pattern: str, replacement: str) -> _InverseRule:
+    """An original->ours rule (literal text and capture groups, nothing else) turned around."""
+    groups = _GROUP.findall(pattern)
+    rule = _InverseRule(re.compile(""), [])
+    if "#" in replacement:
+        replacement, slot_ref = replacement.split("#")
+        ref_match = _BACKREF.fullmatch(slot_ref)
+        if ref_match is None:
+            raise ValueError(f"rule {pattern!r}: slot reference {slot_ref!r} is not a back-reference")
+        k = int(ref_match.group(1))
+        rule.slot, rule.slot_values = f"g{k}", tuple(groups[k - 1].split("|"))
+    ours, pos = "", 0
+    for ref in _BACKREF.finditer(replacement):
+        k = int(ref.group(1))
+        ours += re.escape(replacement[pos : ref.start()]) + f"(?P<g{k}>{groups[k - 1]})"
+        pos = ref.end()
+    rule.ours = re.compile(ours + re.escape(replacement[pos:]))
+    pos = 0
+    for k, group in enumerate(_GROUP.finditer(pattern), start=1):
+        rule.pieces += [re.sub(r"\\(.)", r"\1", pattern[pos : group.start()]), f"g{k}"]
+        pos = group.end()
+    rule.pieces.append(re.sub(r"\\(.)", r"\1", pattern[pos:]))
+    return rule
+
+
+_INVERSE = [_invert_rule(p, r) for p, r in _rules()]
+
+
+def invert_key(key: str) -> list[str]:
+    """Our parameter name -> the original name(s): q_bias and v_bias for a fused qkv bias, else one name.
+
+    Every answer is checked by running it forwards through `map_original_key`.
+    """
+    for rule in _INVERSE:
+        match = rule.ours.fullmatch(key)
+        if match is None:
+            continue
+        values = match.groupdict()
+        names = []
+        for slot_value in rule.slot_values or (None,):
+            if rule.slot is not None:
+                values[rule.slot] = slot_value
+            name = "".join(values[p] if i % 2 else p for i, p in enumerate(rule.pieces))
+            back = map_original_key(name)
+            if back is None or back.target != key or back.slot != slot_value:
+                raise KeyMappingError(f"inverting {key!r} gave {name!r}, which maps back to {back}")
+            names.append(name)
+        return names
+    raise KeyMappingError(f"no mapping rule produces our key {key!r}")
+
+
+def original_key_list(config: StllmConfig) -> list[tuple[str, tuple[int, ...], str]]:
+    """[(original name, shape, dtype name)] of an original ST-LLM checkpoint of this model, in the original's order.
+
+    Every persistent tensor of our model on the meta device, named back: the fused EVA `qkv.bias` (3D) becomes
+    `q_bias` and `v_bias` (D each), the LLM input embedding also appears as its alias `model.stllm_model.embed_tokens
+    .weight`, and the original's persistent buffers are added: the Q-Former `position_ids` (1, max positions) and,
+    for the global-local input, `residual_index` (residual_size) (docs/original.md §1.7, §6.1). Without Q-Former text
+    input the original has no word/position embeddings and no text FFNs (docs/original.md §1.4), so they are left
+    out. Dtypes follow the released checkpoints (`original_dtype`). The list is what the original saves under the
+    transformers of its reference runs (4.40); transformers 4.28 also wrote one `model.layers.N.self_attn.rotary_emb
+    .inv_freq` (head_dim / 2, float32) per LLM layer, which the converter skips.
+    """
+    with torch.device("meta"):
+        model = StllmForConditionalGeneration(config)
+    entries: list[tuple[str, tuple[int, ...]]] = []
+    for key, tensor in model.state_dict().items():
+        names = invert_key(key)
+        shape = tuple(tensor.shape)
+        if len(names) == 2:  # cat(q, 0, v): the zero key bias is not stored
+            shape = (shape[0] // 3,)
+        entries += [(name, shape) for name in names]
+        if names == ["model.embed_tokens.weight"]:
+            entries.append((EMBED_ALIAS, shape))
+    q = "model.stllm_model.Qformer.bert."
+    entries.append((q + "embeddings.position_ids", (1, config.qformer_config.max_position_embeddings)))
+    if config.video_input == "residual":
+        entries.append(("model.stllm_model.residual_index", (config.residual_size,)))
+    if not config.qformer_text_input:
+        text_only = re.compile(
+            re.escape(q)
+            + r"(embeddings\.(word|position)_embeddings\.weight|encoder\.layer\.\d+\.(intermediate|output)\..+)"
+        )
+        entries = [e for e in entries if not text_only.fullmatch(e[0])]
+    entries.sort(key=lambda e: original_order_key(e[0]))
+    return [(name, shape, original_dtype(name)) for name, shape in entries]

@@ -1,8 +1,10 @@
-"""(name, tensor) stream -> safetensors shards of bounded size + `model.safetensors.index.json` (save_pretrained layout).
+"""(name, tensor) stream -> safetensors shards of bounded size + `model.safetensors.index.json` (save_pretrained
+layout).
 
 The writer holds only references to the tensors of the shard being filled and writes each tensor's bytes
 straight from its storage (no serialised copy of the shard in memory), so converting a 16 GB checkpoint needs
-about one output shard of memory on top of the source shard being read (docs/design.md decision 3, docs/original.md §5.4).
+about one output shard of memory on top of the source shard being read (docs/design.md decision 3, docs/original.md
+§5.4).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """`python -m stllm bench data [--videos DIR]` -> a table of clips/s: our read+sample+transform vs the raw decoder.
 
 For every video in the folder, at 16 and 64 frames: (1) read_clip + FrameSampling(uniform_middle) + the
-evaluation transform (docs/original.md §7.1) with the exact Pillow resize and (1b) with the fast torch resize, (2) the raw
+evaluation transform (docs/original.md §7.1) with the exact Pillow resize and (1b) with the fast torch resize, (2) the
+raw
 decord call alone for the same indices (open + get_batch), (3) decoding every frame of the file. The time
 ratio (1)/(2) shows what our pipeline adds to decoding.
 """
@@ -68,8 +69,10 @@ def bench_video(path: str, num_frames: int, repeats: int, size: int, threads: in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm bench data", description=__doc__.split("\n")[0])
-    parser.add_argument("--videos", default="../shared/videos", help="folder of videos (default ../shared/videos)")
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm bench data", description=__doc__.split("\n")[0] if __doc__ else None
+    )
+    parser.add_argument("--videos", required=True, help="folder of videos")
     parser.add_argument("--frames", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--size", type=int, default=224)

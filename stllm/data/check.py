@@ -113,7 +113,9 @@ def format_table(reports: Sequence[DatasetReport], max_bad: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm data check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm data check", description=__doc__.split("\n")[0] if __doc__ else None
+    )
     parser.add_argument("config", help="training config (data: section) or DataConfig YAML")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the data section (data_root=...)")
     parser.add_argument("--all", action="store_true", help="decode every present media file")

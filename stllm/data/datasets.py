@@ -1,8 +1,10 @@
 """VideoChat2-IT annotations + media -> VideoQAItem samples; mixtures of datasets -> per-step batch index lists.
 
-docs/original.md §4.2-4.3: one QA turn per sample (the QA list shuffled, the first taken: Q14 KEEP), frames by read_clip with
+docs/original.md §4.2-4.3: one QA turn per sample (the QA list shuffled, the first taken: Q14 KEEP), frames by
+read_clip with
 the dataset's FrameSampling (``rand`` in training), the training transform applied to the whole clip.
-docs/original.md §4.6 / Q20: the original MetaLoader gives every batch a single dataset, chosen per step with probability
+docs/original.md §4.6 / Q20: the original MetaLoader gives every batch a single dataset, chosen per step with
+probability
 proportional to its number of batches; MetaLoaderBatchSampler reproduces that over a ConcatDataset.
 """
 
@@ -58,7 +60,7 @@ def load_annotations(path: str) -> list[dict[str, Any]]:
     return items
 
 
-class InstructionDataset(Dataset):
+class InstructionDataset(Dataset[VideoQAItem]):
     """One VideoChat2-IT dataset -> VideoQAItem (pixel_values float32 (T,3,S,S); T=1 for images).
 
     Randomness (QA shuffle, frame draw, crop, replacement index) comes from an RNG derived from

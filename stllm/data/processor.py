@@ -1,4 +1,5 @@
-"""(instruction, question, answer, frames) -> input_ids with video placeholders, labels, Q-Former ids (docs/original.md §3).
+"""(instruction, question, answer, frames) -> input_ids with video placeholders, labels, Q-Former ids (docs/original.md
+§3).
 
 Layouts (docs/original.md §3.3), with V = the video placeholder id repeated L = config.num_video_tokens(T) times:
   InstructBLIP base: [V x L][</s>]###Human: {i }{q} ###Assistant: {answer}</s>
@@ -129,7 +130,8 @@ class StllmProcessor:
         return f"{cur}###Human: {start}{VIDEO_PLACEHOLDER}{end} {question} ###Assistant: "
 
     def qformer_text(self, instruction: str, question: str) -> str:
-        """docs/original.md §3.2: "{i} {q}" (or q). Q21 [FIX]: built from the fields, not by splitting the prompt string."""
+        """docs/original.md §3.2: "{i} {q}" (or q). Q21 [FIX]: built from the fields, not by splitting the prompt
+        string."""
         if self.settings.legacy_qformer_text_split:
             prompt = f"###Human: {instruction + ' ' if instruction else ''}{question} ###Assistant: "
             return prompt.split("Human: ", 1)[1].split(" ###")[0]
@@ -138,9 +140,11 @@ class StllmProcessor:
     def build_prompt_ids(self, prompt: str, num_frames: int, video_input: str | None = None) -> list[int]:
         """A prompt with exactly one `<ImageHere>` -> ids with L video placeholders (docs/original.md §3.3 prompt_wrap).
 
-        `video_input` overrides the model's mode for the placeholder count (docs/faithfulness.md Q1 legacy MVBench path).
+        `video_input` overrides the model's mode for the placeholder count (docs/faithfulness.md Q1 legacy MVBench
+        path).
         The text before the video is encoded without special tokens; the text after it with the BOS for the
-        InstructBLIP base (so `</s>` sits right after the video tokens, docs/faithfulness.md Q13); the MiniGPT-4 base gets `<s>`
+        InstructBLIP base (so `</s>` sits right after the video tokens, docs/faithfulness.md Q13); the MiniGPT-4 base
+        gets `<s>`
         at position 0 instead.
         """
         if prompt.count(VIDEO_PLACEHOLDER) != 1:
@@ -157,7 +161,8 @@ class StllmProcessor:
         return ids
 
     def answer_ids(self, answer: str) -> list[int]:
-        """docs/original.md §3.3 step 2: answer + terminator, no special tokens, cut to max_txt_len (may lose the terminator)."""
+        """docs/original.md §3.3 step 2: answer + terminator, no special tokens, cut to max_txt_len (may lose the
+        terminator)."""
         term = self.tokenizer.eos_token if self.config.qformer_text_input else self.settings.end_sym
         return self.tokenizer.encode(answer + term)[: self.settings.max_txt_len]
 
@@ -225,7 +230,8 @@ class StllmProcessor:
 
     @property
     def stop_token_sequences(self) -> list[list[int]]:
-        """docs/original.md §7.0: "▁###" (835 in Vicuna) and "##" + "#" (2277, 29937); the pieces present in this vocab."""
+        """docs/original.md §7.0: "▁###" (835 in Vicuna) and "##" + "#" (2277, 29937); the pieces present in this
+        vocab."""
         t = self.tokenizer
         seqs = []
         if (i := t.piece_id("▁###")) is not None:

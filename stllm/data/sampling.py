@@ -2,8 +2,10 @@
 
 Modes (docs/design.md decision 5; every rule below reproduces the original code, including its quirks):
 - ``rand``: training sampling of docs/original.md §4.4 (``get_frame_indices(sample="rand")``, quirk Q15 kept).
-- ``middle``: docs/original.md §4.4 ``sample="middle"`` -> ``(b_k + b_{k+1} - 1) // 2`` (``fix_start`` -> ``b_k + fix_start``).
-- ``uniform_middle``: the evaluation/demo ``load_video`` of docs/original.md §7.1 (segment midpoints of ``(total-1)/n``).
+- ``middle``: docs/original.md §4.4 ``sample="middle"`` -> ``(b_k + b_{k+1} - 1) // 2`` (``fix_start`` -> ``b_k +
+fix_start``).
+- ``uniform_middle``: the evaluation/demo ``load_video`` of docs/original.md §7.1 (segment midpoints of
+``(total-1)/n``).
   It differs from ``middle`` (e.g. 10 frames, 4 asked: middle [0,3,5,8] vs uniform_middle [1,3,5,8]).
 - ``mvbench``: MVBench ``get_index`` of docs/original.md §7.2 (start/end bounds, fps-1 rule when ``num_frames == 0``).
 - ``fps``: frames at ``fps`` frames per second (docs/original.md §4.4 ``fps{x}``), clamped to [min_frames, max_frames].
@@ -79,7 +81,8 @@ def _distinct_sorted(rng: Rng, vlen: int, n: int) -> list[int]:
 
 
 def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_start: int | None = None) -> list[int]:
-    """docs/original.md §4.4 ``get_frame_indices`` for ``rand``/``middle``: indices in [0, vlen), padded to num_frames."""
+    """docs/original.md §4.4 ``get_frame_indices`` for ``rand``/``middle``: indices in [0, vlen), padded to
+    num_frames."""
     if vlen <= 0:
         raise ValueError(f"cannot sample frames from a clip of {vlen} frames")
     n = min(num_frames, vlen)
@@ -87,7 +90,8 @@ def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_
     ranges = [(int(bounds[k]), int(bounds[k + 1]) - 1) for k in range(n)]
     if mode == "rand":
         try:
-            # docs/faithfulness.md Q15 [KEEP]: range(b_k, b_{k+1}-1) excludes each segment's last frame; a 1-frame segment
+            # docs/faithfulness.md Q15 [KEEP]: range(b_k, b_{k+1}-1) excludes each segment's last frame; a 1-frame
+            # segment
             # makes the range empty and the original fell back to n distinct random frames.
             idx = [_choice(rng, lo, hi) for lo, hi in ranges]
         except IndexError:
@@ -104,7 +108,8 @@ def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_
 
 
 def uniform_middle_indices(num_frames: int, total: int) -> list[int]:
-    """docs/original.md §7.1 ``load_video``: n = min(total, N), seg = (total-1)/n, (round(seg*i) + round(seg*(i+1))) // 2."""
+    """docs/original.md §7.1 ``load_video``: n = min(total, N), seg = (total-1)/n, (round(seg*i) + round(seg*(i+1))) //
+    2."""
     n = min(total, num_frames)
     seg = float(total - 1) / n
     return [(int(np.round(seg * i)) + int(np.round(seg * (i + 1)))) // 2 for i in range(n)]
@@ -116,8 +121,10 @@ def mvbench_indices(sampling: FrameSampling, total: int, fps: float, first_idx: 
     max_frame is the last valid frame number (total-1 for a video, total for a 1-based folder).
     """
     max_frame = first_idx + total - 1
-    bounded = sampling.start is not None and sampling.end is not None
-    start, end = (sampling.start, sampling.end) if bounded else (-100000, 100000)
+    if sampling.start is not None and sampling.end is not None:
+        bounded, start, end = True, sampling.start, sampling.end
+    else:
+        bounded, start, end = False, -100000, 100000
     start_idx = max(first_idx, round(start * fps))
     end_idx = min(round(end * fps), max_frame)
     if sampling.num_frames > 0:

@@ -1,8 +1,10 @@
 """uint8 frames (T,H,W,3) -> normalised float32 pixel_values (T,3,S,S): training and evaluation transforms.
 
-No torchvision (the PyPI builds are CUDA builds that break the CPU install; see README, Install): the two pipelines are rebuilt
+No torchvision (the PyPI builds are CUDA builds that break the CPU install; see README, Install): the two pipelines are
+rebuilt
 from plain torch ops and Pillow, following what torchvision 0.15 did in the original:
-- training (docs/original.md §4.5): RandomResizedCrop(S, scale=(0.5, 1), ratio=(3/4, 4/3), bicubic) on the uint8 *tensor*
+- training (docs/original.md §4.5): RandomResizedCrop(S, scale=(0.5, 1), ratio=(3/4, 4/3), bicubic) on the uint8
+*tensor*
   (one crop for all frames, no antialias, result rounded back to uint8), then /255 and CLIP normalisation;
 - evaluation (docs/original.md §7.1): frames were PIL images, so Resize(S) is Pillow's bicubic (shorter side to S), then
   CenterCrop(S), /255, CLIP normalisation.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import numpy as np
 import torch
@@ -106,7 +109,10 @@ class TrainTransform:
         scale: tuple[float, float] = (0.5, 1.0),
         ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
     ):
-        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        # tuple() also takes the [low, high] lists of a YAML config
+        self.size = size
+        self.scale = cast("tuple[float, float]", tuple(scale))
+        self.ratio = cast("tuple[float, float]", tuple(ratio))
 
     def __call__(self, frames: np.ndarray | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         x = _as_uint8_tensor(frames)  # (T, 3, H, W)
@@ -142,7 +148,8 @@ def _pool() -> ThreadPoolExecutor:
 
 
 class EvalTransform:
-    """docs/original.md §7.1: (T,H,W,3) uint8 -> (T,3,S,S) float32: shorter side to S (bicubic), centre crop, CLIP normalise.
+    """docs/original.md §7.1: (T,H,W,3) uint8 -> (T,3,S,S) float32: shorter side to S (bicubic), centre crop, CLIP
+    normalise.
 
     resize="pil" (default) is exact: Pillow's bicubic on uint8 images, as the original did with PIL frames.
     resize="torch" is torch's uint8 antialiased bicubic (channels-last fast path): about 6x faster, but it
@@ -172,7 +179,7 @@ class EvalTransform:
         else:
             size = (new_w, new_h)
             resized = np.stack(
-                list(_pool().map(lambda f: np.asarray(Image.fromarray(f).resize(size, Image.BICUBIC)), arr))
+                list(_pool().map(lambda f: np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BICUBIC)), arr))
             )  # Pillow releases the GIL while resampling
         return resized[:, top : top + self.size, left : left + self.size]  # (T, S, S, 3)
 

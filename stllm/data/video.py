@@ -17,6 +17,7 @@ from PIL import Image, ImageSequence
 
 from stllm.data.sampling import FrameSampling, Rng, fps_or_default, frame_indices
 from stllm.data.types import VideoClip
+from stllm.errors import StllmError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover - depends on the install
     HAVE_DECORD = False
 
 
-class MediaError(ValueError):
+class MediaError(StllmError, ValueError):
     """A media file that cannot be read (missing, empty, corrupt, no frames, gaps in a frame folder)."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
@@ -113,6 +114,8 @@ def _sample(path: str, sampling: FrameSampling, total: int, fps: float, rng: Rng
 
 
 def _read_decord(path: str, sampling: FrameSampling, rng: Rng, num_threads: int = 1) -> VideoClip:
+    if decord is None:  # read_clip checks HAVE_DECORD before choosing this reader
+        raise RuntimeError("the decord backend was chosen but decord is not installed")
     try:
         vr = decord.VideoReader(path, num_threads=num_threads)
         total = len(vr)
@@ -177,7 +180,8 @@ def _read_pyav(path: str, sampling: FrameSampling, rng: Rng, num_threads: int = 
                     frames_iter = container.decode(stream)
                     cursor = -1
                 for frame in frames_iter:
-                    pos = pos_of_pts.get(frame.pts if frame.pts is not None else getattr(frame, "dts", None))
+                    ts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
+                    pos = pos_of_pts.get(ts) if ts is not None else None
                     if pos is None:
                         continue
                     cursor = pos

@@ -3,11 +3,13 @@
 One `ChatEngine` holds the model and processor (generation serialised by a lock); many `Chat` sessions hold a
 conversation each: the template (docs/original.md §7.3), the video encoded once, and the history.
 
-Differences from the original demos (docs/original.md §8), each with a switch in `ChatSettings` that restores the original:
+Differences from the original demos (docs/original.md §8), each with a switch in `ChatSettings` that restores the
+original:
 - multi-turn: the prompt holds every previous turn (the original's `get_context_emb_sim` used only the first
   human message; `single_turn=True` reproduces that);
 - the video is encoded once per upload (the original gradio demo re-encoded it for every question with the
-  question as Q-Former text). The Q-Former text is the *first* question (as in evaluation, docs/faithfulness.md Q28), or the
+  question as Q-Former text). The Q-Former text is the *first* question (as in evaluation, docs/faithfulness.md Q28),
+  or the
   fixed `qformer_text` if set; later questions reuse the tokens, so the Q-Former does not see them. Set
   `reencode_per_question=True` for the original behaviour (slower: the vision tower runs on every question);
 - no double wrapping of the question (docs/faithfulness.md Q12 [FIX]; `double_wrap=True` reproduces it);
@@ -59,7 +61,8 @@ SYSTEM_MINIGPT4 = (
 
 @dataclass
 class ChatSettings:
-    """Decoding and conversation settings of one chat session (defaults: the original CLI demo, docs/original.md §7.5/8)."""
+    """Decoding and conversation settings of one chat session (defaults: the original CLI demo, docs/original.md
+    §7.5/8)."""
 
     num_frames: int = 64
     num_beams: int = 5
@@ -93,7 +96,8 @@ class ChatSettings:
 
 
 def partial_answer(text: str) -> str:
-    """Decoded text so far -> what the answer will start with: docs/original.md §7.0's cut, holding back a possible '#' run."""
+    """Decoded text so far -> what the answer will start with: docs/original.md §7.0's cut, holding back a possible '#'
+    run."""
     cut = text.split("###")[0]
     if "###" not in text:
         cut = cut.rstrip("#")  # may become the "###" stop sequence with the next token
@@ -157,7 +161,7 @@ class ChatEngine:
         self.processor = processor
         self.lock = threading.Lock()
         self.encode_count = 0
-        self.transform = EvalTransform(model.config.vision_config.image_size)
+        self.transform = EvalTransform(model.config.frame_size())
 
     @classmethod
     def from_pretrained(
@@ -174,7 +178,8 @@ class ChatEngine:
         return bool(self.model.config.qformer_text_input)
 
     def load_frames(self, path: str | Path, num_frames: int, resize: str = "pil") -> torch.Tensor:
-        """Video file -> float (T, 3, S, S) with docs/original.md §7.1's frame rule and transform; MediaError if unreadable."""
+        """Video file -> float (T, 3, S, S) with docs/original.md §7.1's frame rule and transform; MediaError if
+        unreadable."""
         clip = read_clip(path, FrameSampling(num_frames=num_frames, mode="uniform_middle"))
         transform = self.transform if resize == self.transform.resize else EvalTransform(self.transform.size, resize)
         return transform(clip.frames)
@@ -220,7 +225,8 @@ class ChatEngine:
 
 
 def quiet_libraries() -> None:
-    """For the demos: no weight-loading progress bar, and no warning about the intended docs/faithfulness.md Q26 behaviour (the
+    """For the demos: no weight-loading progress bar, and no warning about the intended docs/faithfulness.md Q26
+    behaviour (the
     prompt goes in as embeddings, so the repetition penalty sees generated tokens only)."""
     import transformers
 
@@ -255,6 +261,13 @@ class Chat:
         return new
 
     # ------------------------------------------------------------------------------------------------ video
+    @property
+    def frames(self) -> torch.Tensor:
+        """The loaded video's frames (T, 3, S, S); RuntimeError before load_video."""
+        if self.pixel_values is None:
+            raise RuntimeError("no video loaded: call load_video(path) first")
+        return self.pixel_values
+
     def load_video(self, path: str | Path) -> None:
         """Read and transform the frames (MediaError if unreadable); forget the conversation and old tokens."""
         self.pixel_values = self.engine.load_frames(path, self.settings.num_frames, self.settings.resize)
@@ -278,14 +291,16 @@ class Chat:
         """Forget the conversation; the video and its tokens stay."""
         self.history = []
 
-    def _encode(self, qformer_text: str | None) -> None:
-        self.video_embeds = self.engine.encode(self.pixel_values, qformer_text)
+    def _encode(self, qformer_text: str | None) -> torch.Tensor:
+        self.video_embeds = self.engine.encode(self.frames, qformer_text)
         self.encode_count += 1
+        return self.video_embeds
 
     # ------------------------------------------------------------------------------------------------ prompt
     def _human(self, question: str) -> str:
         if self.settings.double_wrap and self.prompt_config.style == "chat":
-            return f"###Human: {question} ###Assistant: "  # docs/faithfulness.md Q12: the original demos passed this to ask()
+            # docs/faithfulness.md Q12: the original demos passed this to ask()
+            return f"###Human: {question} ###Assistant: "
         return question
 
     def build_prompt(self, question: str, history: list[tuple[str, str]] | None = None) -> str:
@@ -299,9 +314,10 @@ class Chat:
         return prompt
 
     def _fit_prompt(self, question: str) -> str:
-        """Drop the oldest turns while the prompt + max_new_tokens exceeds max_length (docs/faithfulness.md Q7 budget)."""
+        """Drop the oldest turns while the prompt + max_new_tokens exceeds max_length (docs/faithfulness.md Q7
+        budget)."""
         history = list(self.history)
-        s, t = self.settings, self.pixel_values.shape[0]
+        s, t = self.settings, self.frames.shape[0]
         prompt = self.build_prompt(question, history)
         while history and s.max_length > 0 and self.engine.prompt_length(prompt, t) + s.max_new_tokens > s.max_length:
             history = history[1:]
@@ -320,19 +336,20 @@ class Chat:
             raise ValueError("empty question")
         if self.pixel_values is None:
             raise RuntimeError("no video loaded: call load_video(path) first")
-        if self.video_embeds is None or self.settings.reencode_per_question:
-            self._encode(question if self.settings.qformer_text is None else self.settings.qformer_text)
+        video_embeds = self.video_embeds
+        if video_embeds is None or self.settings.reencode_per_question:
+            video_embeds = self._encode(question if self.settings.qformer_text is None else self.settings.qformer_text)
         prompt = self._fit_prompt(question)
         gen, t = self.settings.generation(), self.pixel_values.shape[0]
         if gen.num_beams > 1:
-            answer = self.engine.generate(prompt, self.video_embeds, t, gen)
+            answer = self.engine.generate(prompt, video_embeds, t, gen)
         else:
             streamer = TokenStreamer(self.engine.processor)
             result: dict[str, str] = {}
 
             def work() -> None:
                 try:
-                    result["answer"] = self.engine.generate(prompt, self.video_embeds, t, gen, streamer)
+                    result["answer"] = self.engine.generate(prompt, video_embeds, t, gen, streamer)
                 except BaseException as err:  # surfaced in the consumer thread
                     streamer.fail(err)
                 else:
@@ -347,6 +364,6 @@ class Chat:
     def ask(self, question: str) -> str:
         """Question -> final answer (non-streaming convenience)."""
         answer = ""
-        for answer in self.stream(question):
-            pass
+        for partial in self.stream(question):
+            answer = partial
         return answer

@@ -1,10 +1,12 @@
-"""(model dir, video, questions typed in a terminal) -> streamed answers: the ST-LLM command-line chat (docs/original.md §8).
+"""(model dir, video, questions typed in a terminal) -> streamed answers: the ST-LLM command-line chat
+(docs/original.md §8).
 
     python -m stllm chat --model DIR --video PATH                      # interactive, multi-turn
     python -m stllm chat --model DIR --video PATH --question "..."     # one answer, then exit
 
 Interactive commands: /video PATH, /reset, /frames N, /temperature T, /beams K, /help, /quit.
-Differences from the original demo.py: multi-turn, the video is encoded once, no double-wrapped prompt (docs/faithfulness.md Q12);
+Differences from the original demo.py: multi-turn, the video is encoded once, no double-wrapped prompt
+(docs/faithfulness.md Q12);
 see stllm/demo/engine.py.
 """
 
@@ -108,7 +110,7 @@ def run_command(chat: Chat, line: str) -> str | None:
         if not arg:
             raise ValueError("usage: /video PATH")
         chat.load_video(arg)
-        return f"loaded {arg} ({chat.pixel_values.shape[0]} frames); new conversation"
+        return f"loaded {arg} ({chat.frames.shape[0]} frames); new conversation"
     if cmd not in ("/frames", "/beams", "/temperature"):
         raise ValueError(f"unknown command {cmd} (type /help)")
     if not arg:

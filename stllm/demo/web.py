@@ -60,7 +60,7 @@ def make_handlers(engine: ChatEngine, defaults: ChatSettings, max_upload_mb: flo
         except MediaError as err:
             logger.info("rejected upload %s: %s", video, err)
             return None, [], _media_message(video, err)
-        n = chat.pixel_values.shape[0]
+        n = chat.frames.shape[0]
         return chat, [], f"✅ Video ready ({n} frames). Ask a question below."
 
     def ask(

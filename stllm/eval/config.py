@@ -1,6 +1,7 @@
 """Benchmark YAML (configs/eval/*.yaml) + `key=value` overrides -> EvalConfig (typed, saved beside every result).
 
-Defaults are neutral; each benchmark's protocol (docs/original.md §7.2-7.5) lives in its YAML as data. Every [FIX] of docs/original.md §11
+Defaults are neutral; each benchmark's protocol (docs/original.md §7.2-7.5) lives in its YAML as data. Every [FIX] of
+docs/original.md §11
 that touches evaluation is a switch here, with the default named in the field comment.
 Load with `stllm.config.load_config(EvalConfig, path, overrides)`.
 """
@@ -24,7 +25,8 @@ LAYOUTS = ("mvbench", "vcgbench", "msvd", "msrvtt", "anet")
 
 @dataclass
 class TaskSpec:
-    """One row of an MVBench-style task table (docs/original.md §7.2): annotation json, media root, data type, bound flag."""
+    """One row of an MVBench-style task table (docs/original.md §7.2): annotation json, media root, data type, bound
+    flag."""
 
     name: str = ""
     json: str = ""  # file name inside EvalConfig.anno_dir
@@ -38,7 +40,8 @@ class TaskSpec:
 class FramesConfig:
     """Test-time frame rule (docs/original.md §7.1 generic loader, 7.2 get_index)."""
 
-    rule: str = "uniform_middle"  # uniform_middle (docs/original.md §7.1, VCGBench/QA) | mvbench (docs/original.md §7.2 get_index)
+    # uniform_middle (docs/original.md §7.1, VCGBench/QA) | mvbench (docs/original.md §7.2 get_index)
+    rule: str = "uniform_middle"
     num_frames: int = 16  # mvbench rule: 0 => fps-1 rule (clip seconds, floored, clamped to [min_frames, max_frames])
     min_frames: int = 4
     max_frames: int = 16

@@ -1,5 +1,6 @@
 """(judge prompt, values) -> parsed judge verdict {'score': int[, 'pred': 'yes'|'no']} via any OpenAI-compatible
-chat-completions endpoint, with a disk cache, bounded retries and counted failures (docs/design.md decision 8, docs/original.md §7.3/7.4, Q33).
+chat-completions endpoint, with a disk cache, bounded retries and counted failures (docs/design.md decision 8,
+docs/original.md §7.3/7.4, Q33).
 
 The API key is read from the environment variable named in JudgeConfig.api_key_env and used only in the
 Authorization header: it is never logged, never part of a cache key, never written to disk.

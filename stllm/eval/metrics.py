@@ -23,7 +23,8 @@ _STRICT = re.compile(r"\(([A-Za-z])\)(?=$|[\s.,:;])")
 
 
 def check_ans(pred: str, gt: str) -> bool:
-    """The original's loose match (mv_bench.py check_ans, docs/original.md §7.2, Q8 [KEEP]): lower-case, split on ' ', compare
+    """The original's loose match (mv_bench.py check_ans, docs/original.md §7.2, Q8 [KEEP]): lower-case, split on ' ',
+    compare
     first words: pred's (dots removed) is a substring of gt's, or gt's is a substring of pred's.
     So "(a", "(a)", "(a).", "(a)xyz" and a bare "(" all match "(a) ..."."""
     pred_option = pred.lower().split(" ")[0]
@@ -82,7 +83,8 @@ def judge_requests(
 ) -> list[tuple[int, str, dict[str, str]]]:
     """(record position, aspect, placeholder values) for every judge call the benchmark needs (errors skipped).
 
-    VCGBench consistency: question2 = Q1 when judge.consistency_judge_q1_twice (docs/faithfulness.md Q9 [KEEP]), else Q2.
+    VCGBench consistency: question2 = Q1 when judge.consistency_judge_q1_twice (docs/faithfulness.md Q9 [KEEP]), else
+    Q2.
     """
     out = []
     for pos, rec in enumerate(records):
@@ -109,7 +111,8 @@ def judge_requests(
 
 def aggregate_scores(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
     """(aspect, parsed verdict or None if the judge failed) -> per aspect: mean of int(score) over judged items,
-    judged count, failure count (failures are excluded from the mean, docs/faithfulness.md Q33 fix: never scored as 0)."""
+    judged count, failure count (failures are excluded from the mean, docs/faithfulness.md Q33 fix: never scored as
+    0)."""
     out: dict[str, dict[str, Any]] = {}
     for aspect, result in verdicts:
         a = out.setdefault(aspect, {"score_sum": 0, "judged": 0, "judge_failures": 0})

@@ -41,7 +41,8 @@ FrameLoader = Callable[[EvalItem, EvalConfig], tuple[torch.Tensor, list[int]]]
 
 
 def load_frames(item: EvalItem, cfg: EvalConfig) -> tuple[torch.Tensor, list[int]]:
-    """item -> (pixel_values float (T, 3, S, S), frame indices) via the shared reader (docs/original.md §7.1/7.2 frame rules)."""
+    """item -> (pixel_values float (T, 3, S, S), frame indices) via the shared reader (docs/original.md §7.1/7.2 frame
+    rules)."""
     from stllm.data.sampling import FrameSampling
     from stllm.data.transforms import EvalTransform
     from stllm.data.video import read_clip
@@ -59,7 +60,8 @@ def load_frames(item: EvalItem, cfg: EvalConfig) -> tuple[torch.Tensor, list[int
 
 
 def item_queries(item: EvalItem, cfg: EvalConfig) -> list[tuple[str, str]]:
-    """(prompt, Q-Former text) per question of the item: one, or two for a VCGBench consistency item (docs/original.md §7.3).
+    """(prompt, Q-Former text) per question of the item: one, or two for a VCGBench consistency item (docs/original.md
+    §7.3).
     The Q-Former sees the question text (MVBench: question + options, no system text; docs/faithfulness.md Q28)."""
     questions = [item.question] + ([item.extra["question2"]] if "question2" in item.extra else [])
     return [(build_prompt(q, cfg.prompt), q) for q in questions]
@@ -200,7 +202,11 @@ def _init_dist(world: int) -> Optional[Callable[[], None]]:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=12))
-    return dist.barrier
+
+    def barrier() -> None:
+        dist.barrier()
+
+    return barrier
 
 
 def _device(local_rank: int) -> torch.device:
@@ -287,7 +293,9 @@ def run(cfg: EvalConfig, model_dir: str, answerer: Optional[Answerer] = None) ->
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm eval", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm eval", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("config", help="benchmark YAML, e.g. configs/eval/mvbench.yaml")
     parser.add_argument("--model", required=True, help="model directory (save_pretrained layout)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data_root=/data/MVBench")

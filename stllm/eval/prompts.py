@@ -1,4 +1,5 @@
-"""Question + protocol settings -> exact model prompt strings; generated text -> prediction (docs/original.md §7.0, 7.2-7.4).
+"""Question + protocol settings -> exact model prompt strings; generated text -> prediction (docs/original.md §7.0,
+7.2-7.4).
 
 The prompt strings carry one VIDEO_PLACEHOLDER ("<ImageHere>") where the visual tokens go; the processor expands it and
 places the BOS (`</s>` right after the video for the InstructBLIP base, docs/original.md §3.1/3.3, Q13).

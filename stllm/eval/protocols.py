@@ -1,4 +1,5 @@
-"""Official annotation files under data_root -> list[EvalItem] in a stable order with stable unique ids (docs/original.md §7.2-7.4).
+"""Official annotation files under data_root -> list[EvalItem] in a stable order with stable unique ids
+(docs/original.md §7.2-7.4).
 
 One reader per layout (a plain dict at the bottom): mvbench (MVBench/TVBench per-task json), vcgbench (Video-ChatGPT
 generic/temporal/consistency files), msvd, msrvtt, anet. Missing files raise BenchmarkDataError naming the file.
@@ -13,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from stllm.errors import StllmError
 from stllm.eval.config import EvalConfig, TaskSpec
 from stllm.eval.prompts import mcqa_question
 
 logger = logging.getLogger(__name__)
 
 
-class BenchmarkDataError(FileNotFoundError):
+class BenchmarkDataError(StllmError, FileNotFoundError):
     """An annotation file or folder that is missing or malformed (the message names it)."""
 
 
@@ -85,7 +87,8 @@ def _mvbench_tasks(cfg: EvalConfig) -> list[TaskSpec]:
 
 
 def read_mvbench(cfg: EvalConfig) -> list[EvalItem]:
-    """MVBench/TVBench: anno_dir/<task json> items {video, question, candidates, answer[, start, end]} (docs/original.md §7.2)."""
+    """MVBench/TVBench: anno_dir/<task json> items {video, question, candidates, answer[, start, end]}
+    (docs/original.md §7.2)."""
     items: list[EvalItem] = []
     for task in _mvbench_tasks(cfg):
         path = _path(cfg, cfg.anno_dir) / task.json
@@ -131,7 +134,8 @@ def read_vcgbench(cfg: EvalConfig) -> list[EvalItem]:
     """Video-ChatGPT Benchmarking_QA files: {video_name, Q, A} (consistency: Q1, Q2, A) (docs/original.md §7.3).
 
     Video = first existing {video_dir}/{video_name}{ext}. None found: a path that does not exist (the item then
-    fails as a MediaError and is counted), or, with vcgbench_keep_previous_video (docs/faithfulness.md Q29), the previous video.
+    fails as a MediaError and is counted), or, with vcgbench_keep_previous_video (docs/faithfulness.md Q29), the
+    previous video.
     """
     video_dir = _path(cfg, cfg.video_dir)
     items: list[EvalItem] = []
@@ -230,7 +234,8 @@ def read_msrvtt(cfg: EvalConfig) -> list[EvalItem]:
 def read_anet(cfg: EvalConfig) -> list[EvalItem]:
     """ActivityNet-QA: test_q.json {question_id, video_name, question} + test_a.json {answer} aligned by index.
 
-    Video = video_dir/"v_"+video_name; the original adds no extension (docs/faithfulness.md Q10): with anet_try_extensions the first
+    Video = video_dir/"v_"+video_name; the original adds no extension (docs/faithfulness.md Q10): with
+    anet_try_extensions the first
     existing name+ext is used when the bare name does not exist.
     """
     task, qpath = _qa_file(cfg)

@@ -188,7 +188,9 @@ def score(predictions: Path, cfg: EvalConfig, output_dir: Optional[Path] = None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm score", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm score", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("predictions", help="predictions.jsonl (or the phase-1 output folder)")
     parser.add_argument("--config", help="eval config; default: eval_config.yaml beside the predictions")
     parser.add_argument("--judge-base-url", help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1")

@@ -6,11 +6,13 @@ Sub-configs are transformers' own: `InstructBlipVisionConfig` (EVA ViT-g), `Inst
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from transformers import InstructBlipQFormerConfig, InstructBlipVisionConfig, LlamaConfig, PretrainedConfig
 
 VIDEO_INPUT_MODES = ("all", "mean", "residual")
+
+_Config = TypeVar("_Config", bound=PretrainedConfig)
 
 
 class StllmConfig(PretrainedConfig):
@@ -33,16 +35,19 @@ class StllmConfig(PretrainedConfig):
         qformer_dropout_in_train: docs/faithfulness.md Q2 [KEEP]: with the BT-Adapter tower the frozen Q-Former follows
             `model.train()` (dropout 0.1 active); with plain EVA it stays in eval mode. "legacy" reproduces this,
             "never" always keeps the frozen Q-Former in eval mode.
-        mvm_visual_start: docs/faithfulness.md Q3 [FIX]: None uses each sample's real video position for the MVM slice; an int
+        mvm_visual_start: docs/faithfulness.md Q3 [FIX]: None uses each sample's real video position for the MVM slice;
+        an int
             (the original's 8 for MiniGPT-4 recipes) reproduces the hard-coded offset.
-        vision_autocast_dtype: docs/faithfulness.md Q16 [KEEP]: the vision path runs under this autocast dtype on CUDA ("float16"
+        vision_autocast_dtype: docs/faithfulness.md Q16 [KEEP]: the vision path runs under this autocast dtype on CUDA
+        ("float16"
             as the original); None disables it.
         num_frames: frames the recipe feeds per video (16 for QA, 64 for conversation); informational default
             for processors and demos.
     """
 
     model_type = "stllm"
-    sub_configs = {
+    # transformers still reads this backwards-compatible class-level dict; the base declares it as a classproperty
+    sub_configs = {  # pyright: ignore[reportAssignmentType]
         "vision_config": InstructBlipVisionConfig,
         "qformer_config": InstructBlipQFormerConfig,
         "text_config": LlamaConfig,
@@ -144,11 +149,18 @@ class StllmConfig(PretrainedConfig):
             return num_frames * q
         return self.residual_size * q
 
+    def frame_size(self) -> int:
+        """The vision tower's input size S: frames are (3, S, S)."""
+        size = self.vision_config.image_size
+        if not isinstance(size, int):
+            raise ValueError(f"vision_config.image_size must be a single int (square frames), got {size!r}")
+        return size
+
     def get_text_config(self, *args: Any, **kwargs: Any) -> LlamaConfig:
         return self.text_config
 
 
-def _as_config(cls: type[PretrainedConfig], value: Any) -> PretrainedConfig:
+def _as_config(cls: type[_Config], value: Any) -> _Config:
     if value is None:
         return cls()
     if isinstance(value, cls):

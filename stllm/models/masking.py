@@ -1,4 +1,5 @@
-"""Dynamic token masking and the masked-video-modelling loss (docs/original.md §2): video tokens -> kept subset, 2 - 2cos loss.
+"""Dynamic token masking and the masked-video-modelling loss (docs/original.md §2): video tokens -> kept subset, 2 -
+2cos loss.
 
 The original draws one ratio per batch, r ~ clip(N(0.5, 0.1), 0.1, 0.7), drops int(r * L) of the L video
 tokens of every sample (the same count, different positions) and never inserts a mask token: the kept tokens
@@ -21,7 +22,8 @@ def sample_mask_ratio(mean: float, std: float, low: float, high: float, rng: np.
 def sample_dropped_tokens(
     batch: int, length: int, ratio: float, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
-    """docs/original.md §2.1 step 3: bool (B, L), True = dropped; exactly int(ratio * L) per row, positions random per row."""
+    """docs/original.md §2.1 step 3: bool (B, L), True = dropped; exactly int(ratio * L) per row, positions random per
+    row."""
     num_drop = int(ratio * length)
     scores = torch.rand(batch, length, generator=generator)  # a random permutation per row
     order = scores.argsort(dim=1)
@@ -64,7 +66,8 @@ def compact(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 def mvm_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """docs/original.md §2.2 step 6: mean over tokens of 2 - 2 <p/|p|, t/|t|>, inputs (B, L_keep, D) -> scalar (float32)."""
+    """docs/original.md §2.2 step 6: mean over tokens of 2 - 2 <p/|p|, t/|t|>, inputs (B, L_keep, D) -> scalar
+    (float32)."""
     p = F.normalize(pred.float(), dim=-1)
     t = F.normalize(target.float(), dim=-1)
     return (2 - 2 * (p * t).sum(dim=-1)).mean()

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import InstructBlipQFormerModel, InstructBlipVisionModel, LlamaForCausalLM, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils.generic import ModelOutput
 
 from stllm.models.configuration import StllmConfig
 from stllm.models.masking import (
@@ -29,7 +29,7 @@ from stllm.models.masking import (
     sample_mask_ratio,
     sequence_keep_mask,
 )
-from stllm.models.vision import BTAdapter, encode_frames, init_tagged_layer
+from stllm.models.vision import BTAdapter, encode_frames, init_tagged_layer, tag_init
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 def local_frame_indices(num_frames: int, residual_size: int) -> list[int]:
     """docs/original.md §1.7: segment midpoints, idx_i = int(seg/2 + round(seg*i)) with seg = T / residual_size.
 
-    T=64, R=16 -> 2, 6, ..., 62; T=16, R=16 -> 0..15. Computed from T at every call (docs/faithfulness.md Q4 [FIX]: the original
+    T=64, R=16 -> 2, 6, ..., 62; T=16, R=16 -> 0..15. Computed from T at every call (docs/faithfulness.md Q4 [FIX]: the
+    original
     cached the first call's indices in a buffer).
     """
     seg = num_frames / residual_size
@@ -51,15 +52,16 @@ def local_frame_indices(num_frames: int, residual_size: int) -> list[int]:
 
 
 class GlobalLocalAdapter(nn.Module):
-    """docs/original.md §1.7: up(ReLU(down(global mean))), zero-initialised `up_proj` so it adds exactly 0 at the start."""
+    """docs/original.md §1.7: up(ReLU(down(global mean))), zero-initialised `up_proj` so it adds exactly 0 at the
+    start."""
 
     def __init__(self, hidden_size: int, bottleneck: int) -> None:
         super().__init__()
         self.down_proj = nn.Linear(hidden_size, bottleneck)
         self.act = nn.ReLU()
         self.up_proj = nn.Linear(bottleneck, hidden_size)
-        self.down_proj.init_scheme = "torch_zero_bias"  # kaiming-uniform(a=sqrt 5) weight, zero bias
-        self.up_proj.init_scheme = "zeros"
+        tag_init(self.down_proj, "torch_zero_bias")  # kaiming-uniform(a=sqrt 5) weight, zero bias
+        tag_init(self.up_proj, "zeros")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up_proj(self.act(self.down_proj(x)))
@@ -72,7 +74,7 @@ class MvmDecoder(nn.Module):
         super().__init__()
         self.head = nn.Linear(hidden_size, hidden_size)
         self.norm = nn.LayerNorm(hidden_size, eps=1e-5)
-        self.head.init_scheme = "torch"
+        tag_init(self.head, "torch")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.head(x))
@@ -136,7 +138,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, qc.hidden_size))
         self.qformer = InstructBlipQFormerModel(qc)
         self.language_projection = nn.Linear(qc.hidden_size, tc.hidden_size)
-        self.language_projection.init_scheme = "torch"  # docs/original.md §1.5: PyTorch default
+        tag_init(self.language_projection, "torch")  # docs/original.md §1.5: PyTorch default
         self.global_adapter = (
             GlobalLocalAdapter(tc.hidden_size, config.residual_hidden_size)
             if config.video_input == "residual"
@@ -156,14 +158,18 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
+        head = self.language_model.get_output_embeddings()
+        if head is None:
+            raise ValueError("the language model has no output embeddings (lm_head)")
+        return head
 
     def seed_masking(self, seed: int) -> None:
         """Seed the mask-ratio RNG (numpy) used when no `dropped_tokens` are passed."""
         self._mask_rng = np.random.default_rng(seed)
 
     def apply_recipe_freezing(self) -> None:
-        """docs/original.md §1.11: EVA (not the BT-Adapter), ln_vision, Q-Former and queries frozen; the rest per flags."""
+        """docs/original.md §1.11: EVA (not the BT-Adapter), ln_vision, Q-Former and queries frozen; the rest per
+        flags."""
         c = self.config
         for p in self.vision_model.parameters():
             p.requires_grad_(not c.freeze_vision)
@@ -178,7 +184,8 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
 
     def train(self, mode: bool = True) -> StllmForConditionalGeneration:
         super().train(mode)
-        # docs/faithfulness.md Q2 [KEEP]: the frozen Q-Former stays in eval mode with plain EVA only; with the BT-Adapter tower
+        # docs/faithfulness.md Q2 [KEEP]: the frozen Q-Former stays in eval mode with plain EVA only; with the
+        # BT-Adapter tower
         # its dropout follows model.train() (switch: qformer_dropout_in_train="never").
         c = self.config
         if mode and c.freeze_qformer and (not c.btadapter or c.qformer_dropout_in_train == "never"):
@@ -187,7 +194,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------------- vision
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
-        s = self.config.vision_config.image_size
+        s = self.config.frame_size()
         if pixel_values.ndim != 5 or pixel_values.shape[2] != 3 or tuple(pixel_values.shape[3:]) != (s, s):
             raise ValueError(
                 f"pixel_values must be (batch, frames, 3, {s}, {s}) float frames, got shape {tuple(pixel_values.shape)}"
@@ -208,8 +215,8 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
     def get_frame_features(
         self,
         pixel_values: torch.Tensor,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """pixel_values (B, T, 3, S, S) -> projected Q-Former tokens (B, T, Q, D) (docs/original.md §1.2-1.5)."""
         self._check_pixels(pixel_values)
@@ -239,7 +246,8 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         return tokens.reshape(b, t, q, -1)  # (B, T, Q, D)
 
     def aggregate_frames(self, tokens: torch.Tensor, video_input: str | None = None) -> torch.Tensor:
-        """(B, T, Q, D) -> (B, L, D) by the video-input mode (docs/original.md §1.7); a single frame is an image (L = Q)."""
+        """(B, T, Q, D) -> (B, L, D) by the video-input mode (docs/original.md §1.7); a single frame is an image (L =
+        Q)."""
         b, t, q, d = tokens.shape
         mode = video_input or self.config.video_input
         if t == 1 or mode == "all":
@@ -256,8 +264,8 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
     def get_video_features(
         self,
         pixel_values: torch.Tensor,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
         video_input: str | None = None,
     ) -> torch.Tensor:
         """pixel_values (B, T, 3, S, S) -> video tokens (B, L, D) ready to be scattered into the LLM input."""
@@ -265,7 +273,7 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         return self.aggregate_frames(tokens, video_input)
 
     # ----------------------------------------------------------------------------------------------- sequence
-    def merge_video_tokens(self, input_ids: torch.LongTensor, video_embeds: torch.Tensor) -> torch.Tensor:
+    def merge_video_tokens(self, input_ids: torch.Tensor, video_embeds: torch.Tensor) -> torch.Tensor:
         """Embed `input_ids` (B, N) and scatter `video_embeds` (B, L, D) into the L placeholder positions."""
         if video_embeds.shape[0] != input_ids.shape[0]:
             raise ValueError(
@@ -286,10 +294,10 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
     def _video_tokens(
         self,
         caller: str,
-        input_ids: torch.LongTensor,
+        input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None,
-        qformer_input_ids: torch.LongTensor | None,
-        qformer_attention_mask: torch.LongTensor | None,
+        qformer_input_ids: torch.Tensor | None,
+        qformer_attention_mask: torch.Tensor | None,
         video_embeds: torch.Tensor | None,
         video_input: str | None = None,
     ) -> torch.Tensor:
@@ -319,14 +327,14 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
 
     def forward(
         self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
         video_embeds: torch.Tensor | None = None,
-        dropped_tokens: torch.BoolTensor | None = None,
+        dropped_tokens: torch.Tensor | None = None,
         use_mask: bool | None = None,
         **kwargs,
     ) -> StllmOutput:
@@ -408,20 +416,21 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.LongTensor,
-        attention_mask: torch.LongTensor | None = None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
-        qformer_input_ids: torch.LongTensor | None = None,
-        qformer_attention_mask: torch.LongTensor | None = None,
+        qformer_input_ids: torch.Tensor | None = None,
+        qformer_attention_mask: torch.Tensor | None = None,
         video_embeds: torch.Tensor | None = None,
         video_input_override: str | None = None,
         max_context_length: int | None = None,
         **generate_kwargs,
-    ) -> torch.LongTensor:
+    ) -> torch.Tensor:
         """Answer ids only (B, new_tokens), through the LLM's KV-cached `generate` on the merged embeddings.
 
         The prompt goes in as embeddings, so a repetition penalty sees generated tokens only (docs/faithfulness.md Q26).
-        `max_context_length`: the original's `max_length` rule (docs/faithfulness.md Q7 [KEEP]): the embedded prompt is cut from
+        `max_context_length`: the original's `max_length` rule (docs/faithfulness.md Q7 [KEEP]): the embedded prompt is
+        cut from
         the left to max_context_length - max_new_tokens positions. `video_input_override` aggregates the frames
         with another mode (docs/faithfulness.md Q1: MVBench's legacy always-all-tokens path).
         """
@@ -452,12 +461,15 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         generate_kwargs.setdefault("pad_token_id", tc.pad_token_id)
         generate_kwargs.setdefault("eos_token_id", tc.eos_token_id)
         generate_kwargs.setdefault("bos_token_id", tc.bos_token_id)
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        # GenerationMixin annotates `self` with a Protocol that PreTrainedModel's `device` property does not satisfy
+        return self.language_model.generate(  # pyright: ignore[reportAttributeAccessIssue]
+            inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
+        )
 
 
 def attention_implementation(device: torch.device | str | None = None) -> str:
     """The one attention rule: flash_attention_2 on a CUDA device where flash-attn is installed, else SDPA."""
-    from transformers.utils import is_flash_attn_2_available
+    from transformers.utils.import_utils import is_flash_attn_2_available
 
     on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     if on_cuda and is_flash_attn_2_available():

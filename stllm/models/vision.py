@@ -7,12 +7,16 @@ blocks. The branch carries (B, 1 + P*T, D) tokens: one CLS, then patch tokens in
 
 from __future__ import annotations
 
+from typing import Any, Literal, cast
+
 import numpy as np
 import torch
 from torch import nn
 from transformers import InstructBlipVisionConfig, InstructBlipVisionModel
 from transformers import initialization as init
 from transformers.models.instructblip.modeling_instructblip import InstructBlipAttention, InstructBlipEncoderLayer
+
+InitScheme = Literal["zeros", "torch", "torch_zero_bias"]
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -25,7 +29,8 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class BTAdapterTemporal(nn.Module):
-    """Temporal attention over the T frames of each patch position; CLS untouched (docs/original.md §1.3 `BTAdapter_Temp`)."""
+    """Temporal attention over the T frames of each patch position; CLS untouched (docs/original.md §1.3
+    `BTAdapter_Temp`)."""
 
     def __init__(self, config: InstructBlipVisionConfig, drop_path_rate: float) -> None:
         super().__init__()
@@ -34,9 +39,9 @@ class BTAdapterTemporal(nn.Module):
         self.temporal_fc = nn.Linear(config.hidden_size, config.hidden_size)  # zero-initialised: identity at start
         self.drop_path_rate = drop_path_rate
         # docs/original.md §1.3 initialisation, applied by StllmPreTrainedModel._init_weights through these tags
-        self.self_attn.qkv.init_scheme = "torch_zero_bias"  # PyTorch default weights, q/v biases zero
-        self.self_attn.projection.init_scheme = "torch"
-        self.temporal_fc.init_scheme = "zeros"
+        tag_init(self.self_attn.qkv, "torch_zero_bias")  # PyTorch default weights, q/v biases zero
+        tag_init(self.self_attn.projection, "torch")
+        tag_init(self.temporal_fc, "zeros")
 
     def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
         cls, patches = x[:, :1], x[:, 1:]  # (B, 1, D), (B, P*T, D) in (p t) order
@@ -50,12 +55,14 @@ class BTAdapterTemporal(nn.Module):
 class BTAdapterSpatial(nn.Module):
     """Per-frame spatial attention with the branch CLS shared by all frames (docs/original.md §1.3 `BTAdapter_Spatial`).
 
-    Its norms use eps 1e-5 although the EVA weights it starts from were trained with 1e-6 (docs/faithfulness.md Q11 [KEEP]).
+    Its norms use eps 1e-5 although the EVA weights it starts from were trained with 1e-6 (docs/faithfulness.md Q11
+    [KEEP]).
     """
 
     def __init__(self, config: InstructBlipVisionConfig, drop_path_rate: float) -> None:
         super().__init__()
-        self.layer = InstructBlipEncoderLayer(config)  # layer_norm1, self_attn, layer_norm2, mlp (EVA block)
+        # InstructBlipEncoderLayer only reads the vision fields of its config (annotated as the composite one)
+        self.layer = InstructBlipEncoderLayer(cast(Any, config))  # layer_norm1, self_attn, layer_norm2, mlp (EVA block)
         self.layer.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=1e-5)
         self.layer.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=1e-5)
         self.drop_path_rate = drop_path_rate
@@ -147,6 +154,8 @@ def encode_frames(
         if btadapter is not None and k >= 0:
             if k == 0:
                 branch = btadapter.start(hidden, vision_model.embeddings.position_embedding, b, t)
+            elif branch is None:  # only when the branch has more blocks than EVA, so k == 0 never came
+                raise ValueError(f"BT-Adapter depth {btadapter.depth} exceeds the {len(layers)} vision blocks")
             else:
                 branch = btadapter.step(k, hidden, branch, b, t)
             branch = btadapter.temporal[k](branch, t)
@@ -162,20 +171,30 @@ def encode_frames(
     return vision_model.post_layernorm(hidden), extras
 
 
+def tag_init(layer: nn.Linear, scheme: InitScheme) -> None:
+    """Tag `layer` with the scheme init_tagged_layer applies to it (docs/original.md §1.3-1.8)."""
+    # a plain attribute on the torch layer; the stub of nn.Module.__setattr__ only admits tensors and modules
+    cast(Any, layer).init_scheme = scheme
+
+
 def init_tagged_layer(module: nn.Module) -> None:
-    """Apply a layer's `init_scheme` tag (set where the original fixes an init, docs/original.md §1.3-1.8) through transformers.initialization.
+    """Apply a layer's `init_scheme` tag (set where the original fixes an init, docs/original.md §1.3-1.8) through
+    transformers.initialization.
 
     transformers 5 skips `_init_weights` for custom modules without direct parameters, so the scheme is carried
     by the leaf layer itself: "zeros", "torch" (PyTorch's nn.Linear default) or "torch_zero_bias".
     """
     scheme = getattr(module, "init_scheme", None)
-    if scheme == "zeros":
-        init.zeros_(module.weight)
-        init.zeros_(module.bias)
-    elif scheme in ("torch", "torch_zero_bias"):
-        _torch_default_linear(module)
-        if scheme == "torch_zero_bias":
+    if scheme is not None:
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"init_scheme {scheme!r} is for nn.Linear layers, found on a {type(module).__name__}")
+        if scheme == "zeros":
+            init.zeros_(module.weight)
             init.zeros_(module.bias)
+        elif scheme in ("torch", "torch_zero_bias"):
+            _torch_default_linear(module)
+            if scheme == "torch_zero_bias":
+                init.zeros_(module.bias)
     if isinstance(module, BTAdapter):
         init.zeros_(module.cls_token)
         init.normal_(module.position_embedding.weight, mean=0.0, std=1.0)  # nn.Embedding default N(0, 1)

@@ -21,6 +21,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +30,9 @@ from tqdm import tqdm
 from stllm.data.processor import StllmProcessor
 from stllm.data.transforms import build_transform
 from stllm.quickstart.drawing import TASKS, mcq
+
+if TYPE_CHECKING:
+    from stllm.models.modeling import StllmForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +65,17 @@ def frame_batch(
     return pixels[:, None], texts, torch.tensor(ids)
 
 
+def input_embedding_table(model: StllmForConditionalGeneration) -> torch.Tensor:
+    """The LLM's input embedding matrix (V, D)."""
+    embedding = model.language_model.get_input_embeddings()
+    if not isinstance(embedding, torch.nn.Embedding):
+        raise TypeError(f"expected the LLM's input embeddings to be an nn.Embedding, got {type(embedding).__name__}")
+    return embedding.weight
+
+
 @torch.no_grad()
 def word_accuracy(
-    model: torch.nn.Module,
+    model: StllmForConditionalGeneration,
     processor: StllmProcessor,
     seed: int,
     size: int,
@@ -77,7 +89,7 @@ def word_accuracy(
     model.eval()
     tokens = model.get_frame_features(pixels, **processor.qformer_inputs(texts))[:, 0]  # (N, 2, D)
     model.train(was_training)
-    table = model.language_model.get_input_embeddings().weight  # (V, D)
+    table = input_embedding_table(model)  # (V, D)
     nearest = torch.cdist(tokens.reshape(-1, tokens.shape[-1]), table).argmin(-1).reshape(ids.shape)
     return {slot: 100.0 * (nearest[:, k] == ids[:, k]).float().mean().item() for k, slot in enumerate(SLOTS)}
 
@@ -115,7 +127,7 @@ def align_towers(
         pos = model.vision_model.embeddings.position_embedding
         pos.copy_(torch.randn(pos.shape, generator=generator) * position_std)
     model.language_model.requires_grad_(False)
-    table = model.language_model.get_input_embeddings().weight.detach()  # (V, D)
+    table = input_embedding_table(model).detach()  # (V, D)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)

@@ -210,7 +210,8 @@ def build_dataset(
 
     Each video has `frames` frames: frames // hold drawn ones, each held for `hold` frames. The default, 8
     drawn frames held for 3 (24 frames), is the one layout near there where both samplers of an 8-frame model
-    take every drawn frame exactly once: training's ``rand`` (segments of 3, the last frame excluded: docs/faithfulness.md Q15)
+    take every drawn frame exactly once: training's ``rand`` (segments of 3, the last frame excluded:
+    docs/faithfulness.md Q15)
     and MVBench's get_index (indices 1, 4, 7, 10, 13, 15, 18, 21). A clip and its time reversal then give the
     model the same frames in reverse order, so what a pooling model sees is identical for both answers. Drawn
     frame by frame at 16, the samplers take about every other frame (MVBench: 0, 2, 4, 6, 8, 9, 11, 13), a clip

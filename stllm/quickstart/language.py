@@ -33,7 +33,8 @@ def text_example(
     The sequence is the training format of stllm.data.processor with the frame words in place of the video
     tokens; labels cover the answer only ("Best option:(X) answer" + terminator), as in video training.
     With probability `word_dropout` the description loses a share of its words drawn as ST-LLM draws its
-    masking ratio (N(0.5, 0.1) clipped to [0.1, 0.7], docs/original.md §2.1), the rest kept in order: the tiny LLM learns to
+    masking ratio (N(0.5, 0.1) clipped to [0.1, 0.7], docs/original.md §2.1), the rest kept in order: the tiny LLM
+    learns to
     read a description with words missing, as a pretrained LLM does (see pretrain_language_model).
     """
     task = rng.choice(list(TASKS))

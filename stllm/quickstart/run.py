@@ -156,7 +156,8 @@ def eval_config(data: Path, out: Path, tasks: Sequence[str], limit_batch: int) -
 
 
 def _task_accuracies(results_path: Path) -> dict[str, float]:
-    """Strict accuracy per task: MVBench's loose match (docs/faithfulness.md Q8) counts an empty answer "(" as correct, which
+    """Strict accuracy per task: MVBench's loose match (docs/faithfulness.md Q8) counts an empty answer "(" as correct,
+    which
     would make an untrained model look perfect on a miniature; the harness reports both, we table the strict one."""
     tasks = json.loads(results_path.read_text())["metrics"]["tasks"]
     return {task: float(v["strict_acc"]) for task, v in tasks.items()}
@@ -226,7 +227,9 @@ def _run_variant(name: str, out: Path, budget: Budget, seed: int, threads: int) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm quickstart", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm quickstart", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--out", default="runs/quickstart", help="everything goes under this folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fast", action="store_true", help="pipeline check in seconds (no meaningful accuracy)")

@@ -63,7 +63,9 @@ def _write_annotation(root: Path, items: list[dict]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm toy-data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm toy-data", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("out", help="dataset root (pass it as data.data_root)")
     parser.add_argument("--videos", help="use the videos of this folder instead of drawn ones")
     parser.add_argument("--num", type=int, default=16, help="number of drawn videos")

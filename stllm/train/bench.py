@@ -69,7 +69,7 @@ def make_batch(
     ids = torch.cat([torch.full((batch, n_video), cfg.video_token_id), text], dim=1)  # (B, L + text)
     labels = torch.full_like(ids, -100)
     labels[:, -answer_len:] = ids[:, -answer_len:]
-    s = cfg.vision_config.image_size
+    s = cfg.frame_size()
     return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
@@ -117,7 +117,9 @@ def run(steps: int = 6, warmup: int = 2, batch: int = 2, frames: int = 16) -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm bench train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm bench train", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2)

@@ -96,7 +96,8 @@ class TrainSection:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
-    # docs/faithfulness.md Q19 [KEEP]: no clipping in effect. Under DeepSpeed our JSONs have no `gradient_clipping` (transformers
+    # docs/faithfulness.md Q19 [KEEP]: no clipping in effect. Under DeepSpeed our JSONs have no `gradient_clipping`
+    # (transformers
     # only fills it when it is "auto"), so DeepSpeed does not clip; without DeepSpeed the HF Trainer would clip
     # at 1.0, hence 0 here.
     max_grad_norm: float = 0.0

@@ -80,7 +80,7 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
     torch.manual_seed(cfg.train.seed)
     model, processor = build_model(cfg.model)
     # annotations are read before the (long) training starts; the transform's size is the model's
-    datasets = build_datasets(cfg.data, image_size=model.config.vision_config.image_size)
+    datasets = build_datasets(cfg.data, image_size=model.config.frame_size())
     if cfg.lora.r > 0:
         lora = cfg.lora
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
@@ -122,6 +122,10 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
     if cfg.lora.r > 0:
         # Our save layout has no adapters: merge LoRA into the LLM weights and save the plain model. Weights are
         # whole in every process here (DDP / ZeRO-2; ZeRO-3 with LoRA is refused by the config check).
+        from peft import PeftModel
+
+        if not isinstance(trainer.model, PeftModel):
+            raise TypeError(f"LoRA training should leave a PeftModel, got {type(trainer.model).__name__}")
         merged = trainer.model.merge_and_unload()
         if trainer.is_world_process_zero():
             merged.save_pretrained(out)
@@ -133,7 +137,9 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stllm train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m stllm train", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     parser.add_argument("config", help="recipe YAML (configs/train/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)

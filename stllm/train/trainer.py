@@ -1,4 +1,5 @@
-"""VideoQAItem datasets + model -> HF Trainer steps: tokenised samples, the docs/faithfulness.md Q20 sampler, loss parts, logging.
+"""VideoQAItem datasets + model -> HF Trainer steps: tokenised samples, the docs/faithfulness.md Q20 sampler, loss
+parts, logging.
 
 Public Trainer hooks only (docs/design.md decision 7): `get_train_dataloader`, `compute_loss` and `log` are overridden;
 saving extras and throughput go through TrainerCallbacks.
@@ -20,18 +21,20 @@ from transformers import Trainer, TrainerCallback
 from stllm.config import save_config
 from stllm.data.datasets import InstructionDataset, build_batch_sampler
 from stllm.data.processor import StllmProcessor
+from stllm.data.types import VideoQAItem
+from stllm.models.modeling import StllmForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.yaml"
 
 
-class TokenizedDataset(Dataset):
+class TokenizedDataset(Dataset[dict[str, Any]]):
     """ConcatDataset of InstructionDatasets -> dicts of input_ids, labels, Q-Former ids and pixel_values."""
 
     def __init__(self, datasets: Sequence[InstructionDataset], processor: StllmProcessor) -> None:
         self.datasets = list(datasets)
-        self.concat = ConcatDataset(self.datasets)
+        self.concat: ConcatDataset[VideoQAItem] = ConcatDataset(self.datasets)
         self.processor = processor
 
     def __len__(self) -> int:
@@ -66,7 +69,8 @@ class Collator:
 
 
 class StllmTrainer(Trainer):
-    """HF Trainer with the MetaLoader-style batches (docs/original.md §4.6, Q20), per-step masking seeds and loss parts."""
+    """HF Trainer with the MetaLoader-style batches (docs/original.md §4.6, Q20), per-step masking seeds and loss
+    parts."""
 
     def __init__(self, *args: Any, data_seed: int = 42, mixture: str = "meta_loader", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -90,7 +94,7 @@ class StllmTrainer(Trainer):
         the tensors to the device, and its resume skips batches of this loader with accelerate's
         skip_first_batches, which replays the same sampler order and drops the consumed batches.
         """
-        dataset = self.train_dataset
+        dataset = self._tokenized_dataset()
         sizes = [len(d) for d in dataset.datasets]
         sampler = build_batch_sampler(
             sizes,
@@ -121,12 +125,23 @@ class StllmTrainer(Trainer):
         """Sampler order and per-item randomness of pass `epoch` (called by DataEpochCallback)."""
         if self.batch_sampler is not None:
             self.batch_sampler.set_epoch(epoch)
-        self.train_dataset.set_epoch(epoch)
+        self._tokenized_dataset().set_epoch(epoch)
+
+    def _tokenized_dataset(self) -> TokenizedDataset:
+        dataset = self.train_dataset
+        if not isinstance(dataset, TokenizedDataset):
+            raise TypeError(f"StllmTrainer needs a TokenizedDataset as train_dataset, got {type(dataset).__name__}")
+        return dataset
 
     # ------------------------------------------------------------------------------------------------ loss
-    def _stllm_model(self) -> torch.nn.Module:
+    def _stllm_model(self) -> StllmForConditionalGeneration:
+        """The ST-LLM model being trained, under its PEFT wrapper when LoRA is on."""
         model = self.model
-        return model.get_base_model() if hasattr(model, "get_base_model") else model
+        get_base_model = getattr(model, "get_base_model", None)  # a PEFT wrapper's
+        base = get_base_model() if get_base_model is not None else model
+        if not isinstance(base, StllmForConditionalGeneration):
+            raise TypeError(f"StllmTrainer trains a StllmForConditionalGeneration, got {type(base).__name__}")
+        return base
 
     def compute_loss(
         self,
@@ -139,7 +154,8 @@ class StllmTrainer(Trainer):
         step = self.state.global_step
         if step != self._last_step:
             self._micro_step, self._last_step = 0, step
-        # Masking RNG from (seed, optimizer step, micro-batch): a resumed run draws the same masks (docs/original.md §2.1).
+        # Masking RNG from (seed, optimizer step, micro-batch): a resumed run draws the same masks (docs/original.md
+        # §2.1).
         base = self._stllm_model()
         if model.training:
             base.seed_masking(self.args.seed * 1_000_003 + step * 1_024 + self._micro_step)
