@@ -26,6 +26,15 @@ class GenerationConfig:
     max_length: int = 0  # docs/faithfulness.md Q7: 2000 for VCGBench/QA; 0 = no context budget
     # docs/faithfulness.md Q7 [KEEP]: cut the embedded prompt from the left to max_length - max_new_tokens
     keep_left_truncation: bool = True
+    # docs/faithfulness.md Q34 [KEEP]: transformers 4.28 (the original's pin) started generation from the ids
+    # [[bos_token_id]] of the LLM's config (1 = "<s>" in Vicuna's config.json, not the tokenizer's "</s>"): the
+    # repetition penalty also hits that id at every step and the returned ids open with it. False = transformers 5
+    # (generated ids only).
+    bos_placeholder: bool = True
+    bos_placeholder_id: int = 1
+    # docs/faithfulness.md Q35 [KEEP]: benchmark predictions keep the original's decoded text (special tokens such as
+    # a final "</s>" rendered as text); the cleaned text is stored beside it. False: predictions hold the clean text.
+    original_text: bool = True
 
     def kwargs(self) -> dict[str, Any]:
         """-> keyword arguments of model.generate (temperature/top_p only when sampling: inactive otherwise)."""
@@ -48,9 +57,13 @@ class GenerationConfig:
         return d
 
 
-def strip_leading_special(ids: Sequence[int]) -> list[int]:
-    """docs/original.md §7.0: drop a leading id 0 (<unk>), then a leading id 1 (<s>), as the original's answer()."""
-    out = list(ids)
+def strip_leading_special(ids: Sequence[int], placeholder: int | None = None) -> list[int]:
+    """docs/original.md §7.0: drop a leading id 0 (<unk>), then a leading id 1 (<s>), as the original's answer().
+
+    `placeholder`: the id transformers 4.28 put in front of the new ids (docs/faithfulness.md Q34); the rule then
+    runs on [placeholder] + ids, as it did in the original, so a generated leading 0 or 1 is kept.
+    """
+    out = ([placeholder] if placeholder is not None else []) + list(ids)
     if out and out[0] == 0:
         out = out[1:]
     if out and out[0] == 1:

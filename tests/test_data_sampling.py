@@ -90,6 +90,21 @@ def test_rand_fallback_when_a_segment_has_one_frame():
     assert idx(16, rng=random.Random(1), num_frames=16, mode="rand") == list(range(16))
 
 
+def test_rand_fallback_streams_default_vs_original():
+    """Default: the fallback follows the caller's rng only (NumPy's global state is ignored), so a seeded item
+    gets the same frames after a resume; fallback_rng="original" takes np.random.permutation from the global state
+    (docs/original.md §4.4, docs/faithfulness.md "Random streams and decoding")."""
+    runs = []
+    for np_seed in (0, 1):
+        np.random.seed(np_seed)
+        runs.append(idx(7, rng=random.Random(3), num_frames=4, mode="rand"))
+    assert runs[0] == runs[1]
+    np.random.seed(11)
+    got = idx(7, rng=random.Random(3), num_frames=4, mode="rand", fallback_rng="original")
+    np.random.seed(11)
+    assert got == sorted(int(i) for i in np.random.permutation(7)[:4])
+
+
 def test_rand_pads_short_video_and_respects_window():
     assert idx(3, rng=random.Random(0), num_frames=6, mode="rand") == [0, 1, 2, 2, 2, 2]
     out = idx(300, rng=random.Random(0), num_frames=4, mode="rand", start=2.0, end=4.0)

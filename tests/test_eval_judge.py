@@ -120,7 +120,7 @@ def test_retries_failures_and_cache(server: str, tmp_path: Path, caplog: pytest.
     assert got["MODE=noscore:1"][:2] == ({"score": 3}, True)  # a reply without a score is retried
     assert verdicts[6].parse == "embedded_dict" and verdicts[6].result == {"score": 3}
     assert verdicts[7].error == "HTTP 500" and verdicts[7].attempts == 3  # bounded: counted as a failure
-    assert verdicts[8].result is None and verdicts[8].error.startswith("malformed")
+    assert verdicts[8].result is None and (verdicts[8].error or "").startswith("malformed")
     assert verdicts[9].error == "HTTP 403" and verdicts[9].attempts == 1  # not retried
     assert all(r["auth"] == f"Bearer {KEY}" and r["path"] == "/v1/chat/completions" for r in FakeJudge.requests)
     assert all("temperature" not in r["body"] and r["body"]["model"] == "judge-x" for r in FakeJudge.requests)
@@ -207,3 +207,115 @@ def test_score_mcqa_needs_no_judge(tmp_path: Path) -> None:
     assert res["judge"] is None and res["metrics"]["answered"] == 20
     assert res["metrics"]["total_acc"] == pytest.approx(res["metrics"]["macro_acc"])  # 1 item per task
     assert "Total Acc" in (tmp_path / "out" / "results.md").read_text()
+
+
+class OddJudge(BaseHTTPRequestHandler):
+    """Replies that broke the client (issue #16): the reply is chosen by a marker ODD=<kind> in the user message."""
+
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server API)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        m = re.search(r"ODD=(\w+)", body["messages"][-1]["content"])
+        kind = m.group(1) if m else "high"  # no marker (the QA judge prompts of `score`): always out of range
+        OddJudge.hits[kind] = OddJudge.hits.get(kind, 0) + 1
+        replies = {
+            "high": json.dumps({"choices": [{"message": {"content": "{'score': 99}"}}]}).encode(),
+            "negative": json.dumps({"choices": [{"message": {"content": "{'score': -7}"}}]}).encode(),
+            "huge": json.dumps({"choices": [{"message": {"content": "{'score': 1e400}"}}]}).encode(),
+            "infinity": b'{"choices": [{"message": {"content": "{\\"score\\": Infinity}"}}]}',
+            "null": json.dumps({"choices": [{"message": {"content": None}}]}).encode(),
+            "latin1": '{"choices": [{"message": {"content": "caf\u00e9"}}]}'.encode("latin-1"),
+            "ok": json.dumps({"choices": [{"message": {"content": "{'score': 5}"}}]}).encode(),
+        }
+        try:
+            if kind == "nan429":
+                self.send_response(429)
+                self.send_header("Retry-After", "nan")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                return
+            if kind == "trickle":  # headers at once, then one byte every 0.25 s: each read is within the timeout
+                data = json.dumps({"choices": [{"message": {"content": "{'score': 4}"}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for b in data:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(0.25)
+                return
+            data = replies[kind]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client hung up (the deadline): nothing to do
+            pass
+
+
+@pytest.fixture()
+def odd_server() -> Iterator[str]:
+    OddJudge.hits = {}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), OddJudge)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+ODD = ["high", "negative", "huge", "infinity", "null", "latin1", "nan429"]
+
+
+def test_malformed_replies_are_retried_then_failures(odd_server: str, tmp_path: Path) -> None:
+    client = JudgeClient(
+        JudgeConfig(base_url=odd_server, backoff=0.01, max_backoff=0.05, timeout=2.0, max_retries=2, concurrency=4),
+        KEY,
+        tmp_path / "cache",
+    )
+    start = time.monotonic()
+    verdicts = client.judge_many([(_msgs(f"ODD={k}"), ["score"]) for k in ODD + ["ok"]])
+    assert time.monotonic() - start < 10
+    for kind, v in zip(ODD, verdicts):
+        assert v.result is None and v.error and v.attempts == 3, (kind, v)  # max_retries=2: asked 3 times
+        assert OddJudge.hits[kind] == 3, kind
+    assert (verdicts[0].error or "").startswith("malformed") and "bad response body" in (verdicts[4].error or "")
+    assert verdicts[-1].result == {"score": 5}
+    cached = list((tmp_path / "cache").glob("*.json"))
+    assert len(cached) == 1  # only the valid verdict is cached
+    # a cache entry edited to an out-of-range score is not trusted: asked again
+    entry = json.loads(cached[0].read_text())
+    entry["result"]["score"] = 99
+    cached[0].write_text(json.dumps(entry))
+    again = _client(odd_server, tmp_path).judge(_msgs("ODD=ok"), ["score"])
+    assert again.result == {"score": 5} and not again.cached and OddJudge.hits["ok"] == 2
+
+
+def test_total_deadline_per_call(odd_server: str, tmp_path: Path) -> None:
+    # about 30 bytes at 0.25 s each: 7+ s per call without a total deadline; with timeout=0.6 each call ends early
+    client = JudgeClient(
+        JudgeConfig(base_url=odd_server, backoff=0.01, max_backoff=0.05, timeout=0.6, max_retries=2), KEY, tmp_path
+    )
+    start = time.monotonic()
+    v = client.judge(_msgs("ODD=trickle"), ["score"])
+    elapsed = time.monotonic() - start
+    assert v.result is None and v.attempts == 3 and "TimeoutError" in (v.error or ""), v
+    assert elapsed < 3 * 0.6 + 0.5 + 1.0, elapsed  # three calls + backoff, with slack for a loaded machine
+
+
+def test_score_exits_1_when_every_judge_call_fails(odd_server: str, tmp_path: Path) -> None:
+    from tests.faults import run_cli
+
+    pred = _phase1("anet_qa.yaml", build_open_qa(tmp_path / "anet", "anet"), tmp_path / "out")
+    run = run_cli("score", str(pred.parent), "--judge-base-url", odd_server, "judge.max_retries=0", "judge.timeout=2")
+    assert run.rc == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    lines = [line for line in run.stderr.splitlines() if line.startswith("stllm score: nothing scored")]
+    assert len(lines) == 1 and "all 2 judge calls" in lines[0] and "malformed" in lines[0], run.stderr[-2000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["judge"]["failures"] == 2 and res["metrics"]["score"] is None

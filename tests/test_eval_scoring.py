@@ -185,3 +185,134 @@ def test_parse_reply(text: str, keys: list[str], expected: dict, how: str) -> No
 def test_parse_reply_failures(text: str, keys: list[str]) -> None:
     result, why = parse_reply(text, keys)
     assert result is None and why.startswith("malformed")
+
+
+def test_degenerate_predictions_flagged() -> None:
+    from stllm.eval.metrics import degenerate_predictions
+
+    nan_model = [{"task": "t", "pred": "(", "answer": f"({x}) a"} for x in "ABCAB"]
+    m = score_mcqa(nan_model)
+    assert m["total_acc"] == 100.0 and m["strict_total_acc"] == 0.0  # the faithful loose score is kept
+    d = degenerate_predictions(nan_model, mcqa=True)
+    assert d["flagged"] and d["empty"] == 5 and d["identical"] and "trust the strict one" in d["summary"]
+    words = degenerate_predictions(
+        [{"pred": "(walking", "answer": "(A) x"}, {"pred": "(B) y", "answer": "(B) y"}], True
+    )
+    assert words["no_option_letter"] == 1 and words["flagged"] and not words["identical"]
+    healthy = [{"pred": f"({x}) a", "answer": f"({x}) a"} for x in "ABCAB"]
+    assert not degenerate_predictions(healthy, mcqa=True)["flagged"]
+    same_truth = [{"pred": "(A) a", "answer": "(A) a"}] * 3  # identical answers for identical truths: fine
+    assert not degenerate_predictions(same_truth, mcqa=True)["flagged"]
+    open_qa = [{"pred": "", "answer": "yes"}, {"pred": "a dog", "answer": "no"}, {"error": "MediaError: x"}]
+    d = degenerate_predictions(open_qa, mcqa=False)
+    assert d["answered"] == 2 and d["empty"] == 1 and d["flagged"]
+
+
+def test_item_error_records_are_not_scored() -> None:
+    recs = [
+        {"task": "t", "pred": "(A) x", "answer": "(A) x"},
+        {"task": "t", "pred": "(A) x", "answer": "(A) x", "extra": {"item_error": "end before start"}},
+    ]
+    m = score_mcqa(recs)
+    assert m["answered"] == 1 and m["item_errors"] == 1
+
+
+def test_frames_rule_in_words_and_markdown_banner() -> None:
+    from stllm.eval.score import describe_frames, to_markdown
+
+    mv = load_config(EvalConfig, CONFIGS / "mvbench.yaml")
+    words = describe_frames(mv.frames.__dict__)
+    assert "1 frame per second" in words and "clamped to 4-16 frames" in words and "(0)" not in words
+    assert describe_frames({"rule": "uniform_middle", "num_frames": 64, "size": 224}).startswith("64 frames")
+    recs = [{"task": "t", "pred": "(", "answer": f"({x}) a"} for x in "AB"]
+    from stllm.eval.metrics import degenerate_predictions
+
+    metrics = {**score_mcqa(recs), "degenerate": degenerate_predictions(recs, True)}
+    md = to_markdown(
+        {
+            "benchmark": "mvbench",
+            "type": "mcqa",
+            "model": "m",
+            "metrics": metrics,
+            "frames": mv.frames.__dict__,
+            "generation": {"rule": "greedy", "num_beams": 1},
+        }
+    )
+    assert md.splitlines()[2].startswith("> **WARNING: degenerate predictions: 2 of 2 empty")
+    assert "frames: MVBench get_index, 1 frame per second" in md
+
+
+@pytest.mark.parametrize("n_tasks", [1, 3, 20])
+def test_mcqa_chart_labels_do_not_overlap(tmp_path, n_tasks: int) -> None:
+    import matplotlib
+    import matplotlib.figure
+
+    matplotlib.use("Agg")
+    from stllm.eval.score import plot
+
+    tasks = {f"Counterfactual Inference {k}": {"acc": 50.0, "strict_acc": 40.0, "total": 2} for k in range(n_tasks)}
+    metrics = {"tasks": tasks, "total_acc": 50.0, "strict_total_acc": 40.0}
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(self, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        self.canvas.draw()
+        boxes = [t.get_window_extent() for t in self.axes[0].get_yticklabels()]
+        captured["overlap"] = any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+        return real_savefig(self, *a, **k)
+
+    matplotlib.figure.Figure.savefig = spy  # type: ignore[method-assign]
+    try:
+        plot({"metrics": metrics, "type": "mcqa", "benchmark": "mvbench", "model": "m"}, tmp_path / "c.png")
+    finally:
+        matplotlib.figure.Figure.savefig = real_savefig  # type: ignore[method-assign]
+        plt.close("all")
+    assert captured["overlap"] is False and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_qa_chart_has_two_axes(tmp_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stllm.eval.score import plot
+
+    made = []
+    real = plt.subplots
+
+    def spy(*a, **k):  # noqa: ANN002, ANN003
+        fig, ax = real(*a, **k)
+        made.append(fig)
+        return fig, ax
+
+    plt.subplots = spy  # type: ignore[assignment]
+    try:
+        plot(
+            {"metrics": {"accuracy": 100.0, "score": 4.0}, "type": "open_qa", "benchmark": "q", "model": "m"},
+            tmp_path / "q.png",
+        )
+    finally:
+        plt.subplots = real  # type: ignore[assignment]
+    axes = made[0].axes
+    assert len(axes) == 2 and axes[0].get_ylim() == (0.0, 100.0) and axes[1].get_ylim() == (0.0, 5.0)
+    plt.close("all")
+
+
+def test_unscorable_ground_truth_is_an_item_error_and_strict_reads_the_clean_text() -> None:
+    """docs/faithfulness.md Q36: a ground truth with no text after its letter is never scored as correct; the
+    strict letter reads pred_clean (the original's text may end in "</s>", Q35), the loose match reads pred."""
+    from stllm.eval.metrics import score_mcqa
+
+    records = [
+        {"id": "a", "task": "t", "pred": "(A) left</s>", "pred_clean": "(A) left", "answer": "(A) left"},
+        {"id": "b", "task": "t", "pred": "(A)", "pred_clean": "(A)", "answer": "(A)"},
+    ]
+    m = score_mcqa(records)
+    assert m["answered"] == 1 and m["item_errors"] == 1
+    assert m["total_acc"] == 100.0 and m["strict_total_acc"] == 100.0
+    assert m["unscorable_ground_truth"] == [
+        "b: ground truth '(A)' has no text after its option (the original raised IndexError)"
+    ]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Phase 1 launcher shared by the benchmark scripts: one process (NGPU=1) or torchrun over NGPU GPUs.
-# Usage: scripts/eval/_launch.sh CONFIG [key=value ...]   with MODEL, DATA set; rerun the same command to resume.
+# Phase 1 launcher shared by the benchmark scripts: one process (NGPU=1) or torchrun over NGPU GPUs (default 8).
+# Usage: MODEL=dir DATA=folder [NGPU=8] [MASTER_PORT=29517] scripts/eval/_launch.sh CONFIG [key=value ...]
+# Runs from any directory (CONFIG, MODEL and DATA may be relative to the current one); rerun to resume.
 set -euo pipefail
 CONFIG="$1"; shift
 : "${MODEL:?set MODEL to a model directory (python -m stllm convert ...)}"

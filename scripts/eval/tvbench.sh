@@ -1,3 +1,5 @@
 #!/usr/bin/env bash
-# tvbench phase 1 (docs/evaluation.md). MODEL=dir DATA=folder [NGPU=8|1] scripts/eval/tvbench.sh [key=value ...]
-exec "$(dirname "$0")/_launch.sh" configs/eval/tvbench.yaml "$@"
+# tvbench phase 1 (docs/evaluation.md), from any directory:
+#   MODEL=dir DATA=folder [NGPU=8|1] scripts/eval/tvbench.sh [key=value ...]
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+exec "$HERE/_launch.sh" "$HERE/../../configs/eval/tvbench.yaml" "$@"

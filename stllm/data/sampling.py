@@ -37,6 +37,10 @@ class FrameSampling:
     num_frames: frames asked (``rand``/``middle``/``uniform_middle``; for ``mvbench`` 0 selects the fps-1 rule).
     fps: output frame rate of ``fps`` mode; min_frames/max_frames clamp ``fps`` and ``mvbench`` fps-1 counts.
     start/end: clip window in seconds (None = whole video). fix_start: offset inside each segment (``middle``).
+    fallback_rng: where ``rand``'s fallback (a segment of one frame, docs/original.md §4.4) draws its frames:
+    "stllm" (default) from the caller's rng, so a seeded dataset item always gets the same frames; "original"
+    from NumPy's global state with ``np.random.permutation(vlen)[:n]``, sorted, as the original did
+    (docs/faithfulness.md, "Random streams and decoding").
     """
 
     num_frames: int = 16
@@ -47,12 +51,15 @@ class FrameSampling:
     start: float | None = None
     end: float | None = None
     fix_start: int | None = None
+    fallback_rng: str = "stllm"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown frame sampling mode {self.mode!r}; valid: {', '.join(MODES)}")
         if self.num_frames < 0 or (self.num_frames == 0 and self.mode not in ("mvbench", "all")):
             raise ValueError(f"num_frames must be > 0 for mode {self.mode!r} (0: mvbench's fps-1 rule, or mode all)")
+        if self.fallback_rng not in ("stllm", "original"):
+            raise ValueError(f"fallback_rng must be 'stllm' or 'original', got {self.fallback_rng!r}")
         if self.mode == "fps" and self.fps <= 0:
             raise ValueError(f"fps must be > 0, got {self.fps}")
 
@@ -80,9 +87,16 @@ def _distinct_sorted(rng: Rng, vlen: int, n: int) -> list[int]:
     return sorted((rng or random.Random()).sample(range(vlen), n))
 
 
-def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_start: int | None = None) -> list[int]:
+def segment_indices(
+    num_frames: int,
+    vlen: int,
+    mode: str,
+    rng: Rng = None,
+    fix_start: int | None = None,
+    fallback_rng: str = "stllm",
+) -> list[int]:
     """docs/original.md §4.4 ``get_frame_indices`` for ``rand``/``middle``: indices in [0, vlen), padded to
-    num_frames."""
+    num_frames. ``fallback_rng="original"`` draws the fallback from NumPy's global state (FrameSampling)."""
     if vlen <= 0:
         raise ValueError(f"cannot sample frames from a clip of {vlen} frames")
     n = min(num_frames, vlen)
@@ -95,7 +109,10 @@ def segment_indices(num_frames: int, vlen: int, mode: str, rng: Rng = None, fix_
             # makes the range empty and the original fell back to n distinct random frames.
             idx = [_choice(rng, lo, hi) for lo, hi in ranges]
         except IndexError:
-            idx = _distinct_sorted(rng, vlen, n)
+            if fallback_rng == "original":  # the original: np.random.permutation(vlen)[:n], sorted (global state)
+                idx = sorted(int(i) for i in np.random.permutation(vlen)[:n])
+            else:
+                idx = _distinct_sorted(rng, vlen, n)
     elif fix_start is not None:
         idx = [lo + fix_start for lo, _ in ranges]
     elif mode == "middle":
@@ -178,7 +195,7 @@ def frame_indices(
     elif sampling.mode == "fps":
         idx = fps_indices(sampling, vlen, video_fps)
     else:
-        idx = segment_indices(sampling.num_frames, vlen, sampling.mode, rng, sampling.fix_start)
+        idx = segment_indices(sampling.num_frames, vlen, sampling.mode, rng, sampling.fix_start, sampling.fallback_rng)
     return [min(max(i + offset, 0), total_frames - 1) for i in idx]
 
 

@@ -80,10 +80,61 @@ class LlamaSentencePieceTokenizer:
                 ids.extend(self.sp.encode(chunk))
         return ids
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = True, *, original: bool = False) -> str:
+        """ids -> text. Default: the clean text (sentencepiece pieces only, special and added ids dropped).
+
+        original=True: the text the original got from transformers 4.28's slow LlamaTokenizer `decode(ids)`
+        (skip_special_tokens=False, spaces_between_special_tokens=True, no clean-up), see `_decode_original`.
+        """
+        if original:
+            return self._decode_original(ids)
         special = {self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id(), *self.added.values()}
         keep = [i for i in ids if 0 <= i < self.sp_size and not (skip_special_tokens and i in special)]
         return self.sp.decode(keep)
+
+    def _decode_original(self, ids: list[int]) -> str:
+        """docs/faithfulness.md Q35: transformers 4.28 `PreTrainedTokenizer._decode` + `LlamaTokenizer.
+        convert_tokens_to_string` with the original's special-token setup (docs/original.md §3.1).
+
+        - Each id becomes its piece (added ids such as `[PAD]` their text). Runs of pieces between added tokens
+          are converted separately and the parts joined with " " (spaces_between_special_tokens=True).
+        - Inside a run, a piece equal to one of the special-token *strings* (bos, eos, unk, pad: `</s>` and
+          `[PAD]` for the InstructBLIP base, whose unk and bos were reassigned to `</s>`) is appended as text;
+          before it, unless it is the run's first piece or follows another special piece, a single " " is
+          added *in front of* the pieces decoded since the last special piece (so "x.</s>" gets no space).
+        - Any other piece, `<unk>` (id 0) and `<s>` (id 1) included once they are no longer the special strings,
+          goes through sentencepiece: `<unk>` renders as " \u2047 ", `<s>` as nothing.
+        - No clean-up of spaces before punctuation (clean_up_tokenization_spaces=False for LlamaTokenizer).
+        """
+        specials = {self.bos_token, self.eos_token, self.unk_token, self.pad_token}
+        added_by_id = {i: t for t, i in self.added.items()}
+        parts: list[str] = []
+        run: list[str] = []
+        for i in ids:
+            if i in added_by_id:
+                if run:
+                    parts.append(self._pieces_to_string(run, specials))
+                    run = []
+                parts.append(added_by_id[i])
+            else:
+                run.append(self.sp.id_to_piece(int(i)))
+        if run:
+            parts.append(self._pieces_to_string(run, specials))
+        return " ".join(parts)
+
+    def _pieces_to_string(self, pieces: list[str], specials: set[str]) -> str:
+        """4.28 `LlamaTokenizer.convert_tokens_to_string` on one run of pieces (see `_decode_original`)."""
+        out, pending, prev_special = "", [], False
+        for k, piece in enumerate(pieces):
+            if piece in specials:
+                if not prev_special and k != 0:
+                    out += " "
+                out += self.sp.decode(pending) + piece
+                pending, prev_special = [], True
+            else:
+                pending.append(piece)
+                prev_special = False
+        return out + self.sp.decode(pending)
 
     def piece_id(self, piece: str) -> int | None:
         """Id of a single sentencepiece piece, None if it is not in the vocabulary."""

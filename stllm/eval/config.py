@@ -85,7 +85,7 @@ class JudgeConfig:
     max_retries: int = 5  # docs/faithfulness.md Q33 [FIX]: bounded (the original retried forever)
     backoff: float = 1.0  # first retry wait (s), doubled each retry
     max_backoff: float = 60.0
-    timeout: float = 60.0  # seconds per HTTP call
+    timeout: float = 60.0  # seconds per HTTP call, in all (a server that trickles bytes cannot stretch it)
     cache_dir: str = ""  # "" = <predictions dir>/judge_cache
     consistency_judge_q1_twice: bool = (
         True  # docs/faithfulness.md Q9 [KEEP]: the consistency judge sees Q1 as both questions
@@ -106,6 +106,9 @@ class EvalConfig:
     # mvbench layout: add every other *.json in anno_dir as a task (media: <discovered_media_root>/<stem>)
     discover_tasks: bool = False
     discovered_media_root: str = ""  # media root for discovered tasks, relative to data_root
+    # run a subset (the original's --specified_item): task names or json stems, e.g. only_tasks=[action_sequence];
+    # mvbench layout: tasks of the table; vcgbench layout: generic, temporal, consistency; [] = every task
+    only_tasks: list[str] = field(default_factory=list)
     # task -> question json (vcgbench: generic/temporal/consistency; QA layouts: one file)
     question_files: dict[str, str] = field(default_factory=dict)
     answer_file: str = ""  # anet layout: test_a.json, aligned by list index
@@ -121,7 +124,7 @@ class EvalConfig:
     legacy_mvbench_all_tokens: bool = (
         False  # docs/faithfulness.md Q1 [FIX]; True = MVBench feeds all T*32 tokens whatever video_input
     )
-    limit: int = 0  # > 0: only the first N items (smoke runs)
+    limit: int = 0  # > 0: only the first N items, in file order (smoke runs)
     frames: FramesConfig = field(default_factory=FramesConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -147,3 +150,11 @@ def validate(cfg: EvalConfig) -> None:
     for task in cfg.tasks:
         if task.data_type not in ("video", "frame", "gif"):
             raise ConfigError(f"task {task.name!r}: data_type={task.data_type!r}; choose video, frame or gif")
+    if cfg.only_tasks and cfg.layout not in ("mvbench", "vcgbench"):
+        raise ConfigError(f"only_tasks applies to the mvbench and vcgbench layouts, not layout={cfg.layout!r}")
+    if cfg.limit < 0:
+        raise ConfigError(f"limit={cfg.limit}: must be >= 0 (0 = every item)")
+    if cfg.type != "mcqa":
+        j = cfg.judge
+        if j.timeout <= 0 or j.max_retries < 0 or j.concurrency < 1:
+            raise ConfigError("judge.timeout must be > 0, judge.max_retries >= 0 and judge.concurrency >= 1")

@@ -13,7 +13,9 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import re
+import socket
 import threading
 import time
 import urllib.error
@@ -32,7 +34,9 @@ from stllm.eval.config import JudgeConfig, JudgePrompt
 logger = logging.getLogger(__name__)
 
 _PLACEHOLDER = re.compile(r"\{(question|answer|pred|question1|question2|pred1|pred2)\}")
-_SCORE = re.compile(r"""['"]score['"]\s*:\s*['"]?(-?\d+(?:\.\d+)?)""")
+# a number that is not the start of a longer one ("1e400" must not read as 1)
+_SCORE = re.compile(r"""['"]score['"]\s*:\s*['"]?(-?\d+(?:\.\d+)?)(?![\d.eE])""")
+SCORE_RANGE = (0, 5)  # docs/original.md §7.3/7.4: the judge is asked for an integer 0-5
 _PRED = re.compile(r"""['"]pred['"]\s*:\s*['"]([A-Za-z]+)['"]""")
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -62,7 +66,7 @@ def parse_reply(text: str, keys: Sequence[str]) -> tuple[Optional[dict[str, Any]
             if isinstance(obj, dict) and all(k in obj for k in keys):
                 try:
                     return _normalise(obj, keys), how
-                except (TypeError, ValueError):
+                except (TypeError, ValueError, OverflowError):
                     continue
     found: dict[str, Any] = {}
     if (s := _SCORE.search(text)) is not None:
@@ -72,10 +76,20 @@ def parse_reply(text: str, keys: Sequence[str]) -> tuple[Optional[dict[str, Any]
     if all(k in found for k in keys):
         try:
             return _normalise(found, keys), "regex"
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             pass
     missing = [k for k in keys if k not in found]
     return None, f"malformed reply (no {', '.join(missing) or 'usable value'})"
+
+
+def valid_result(obj: Any, keys: Sequence[str]) -> Optional[dict[str, Any]]:
+    """A stored verdict (cache entry) -> the same verdict if it still passes the rules of a fresh reply, else None."""
+    if not isinstance(obj, dict) or not all(k in obj for k in keys):
+        return None
+    try:
+        return _normalise(obj, keys)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _normalise(obj: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
@@ -85,7 +99,11 @@ def _normalise(obj: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
         if k == "score":  # the original: int(score); "4.8" (a string) would have crashed it, we floor it too
             if isinstance(v, bool):
                 raise ValueError("boolean score")
-            out[k] = int(v) if isinstance(v, (int, float)) else int(float(str(v).strip()))
+            x = float(v) if isinstance(v, (int, float)) else float(str(v).strip())
+            # out of range (99, -7), nan or inf (1e400, JSON Infinity): a malformed reply, never averaged
+            if not (math.isfinite(x) and SCORE_RANGE[0] <= x <= SCORE_RANGE[1]):
+                raise ValueError(f"score {v!r} outside {SCORE_RANGE[0]}-{SCORE_RANGE[1]}")
+            out[k] = int(x)
         elif k == "pred":
             if not isinstance(v, str):
                 raise TypeError("pred must be a string")
@@ -104,6 +122,75 @@ class Verdict:
     cached: bool = False
     attempts: int = 0
     parse: str = ""
+
+
+class _Deadline:
+    """A total time limit for one HTTP call. The socket timeout bounds each read only, so a server that trickles a
+    byte at a time could stretch a call without end; at the deadline every socket of the call is shut down, which
+    wakes the blocked read, and the call then reports a timeout."""
+
+    def __init__(self, seconds: float):
+        self.expired = False
+        self._socks: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def connection_class(self, base: type) -> type:
+        """http.client connection class whose sockets this deadline can shut down."""
+        deadline = self
+
+        class Watched(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                with deadline._lock:
+                    deadline._socks.append(self.sock)
+                    if deadline.expired:
+                        deadline._shut(self.sock)
+
+        return Watched
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:  # the plain socket's shutdown (an SSL socket's own would drop its state under the reading thread)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._socks:
+                self._shut(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+class _WatchedHTTP(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self.deadline.connection_class(http_class), req, **kwargs)
+
+
+class _WatchedHTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(self.deadline.connection_class(http_class), req, **kwargs)
+
+
+class MalformedReply(ValueError):
+    """A 200 reply whose body is not a chat completion with a text message."""
 
 
 class JudgeClient:
@@ -146,17 +233,38 @@ class JudgeClient:
             req.add_unredirected_header("Authorization", f"Bearer {self._key}")
         with self._lock:
             self.calls += 1
-        with urllib.request.urlopen(req, timeout=self.cfg.timeout) as resp:
-            payload = json.loads(resp.read().decode("utf-8"))
-        return payload["choices"][0]["message"]["content"]
+        with _Deadline(self.cfg.timeout) as deadline:
+            opener = urllib.request.build_opener(_WatchedHTTP(deadline), _WatchedHTTPS(deadline))
+            try:
+                with opener.open(req, timeout=self.cfg.timeout) as resp:
+                    raw = resp.read()
+            except urllib.error.HTTPError:
+                raise
+            except (OSError, http.client.HTTPException) as err:
+                if deadline.expired:
+                    raise TimeoutError(f"no complete reply within {self.cfg.timeout:g} s") from err
+                raise
+            if deadline.expired:
+                raise TimeoutError(f"no complete reply within {self.cfg.timeout:g} s")
+        # UnicodeDecodeError, ValueError (JSON NaN/Infinity are fine here; the score check rejects them)
+        payload = json.loads(raw.decode("utf-8"))
+        try:
+            content = payload["choices"][0]["message"]["content"]
+        except (KeyError, IndexError, TypeError) as err:
+            raise MalformedReply(f"no choices[0].message.content ({type(err).__name__})") from err
+        if not isinstance(content, str):
+            raise MalformedReply(f"message content is {type(content).__name__}, not text")
+        return content
 
     def _wait(self, attempt: int, retry_after: Optional[str]) -> None:
         delay = self.cfg.backoff * (2**attempt)
         if retry_after:
             try:
-                delay = float(retry_after)
+                wanted = float(retry_after)
             except ValueError:
-                pass  # an HTTP date: fall back to the exponential backoff
+                wanted = math.nan  # an HTTP date: fall back to the exponential backoff
+            if math.isfinite(wanted):  # "nan" / "inf" parse as floats but are no waiting time
+                delay = wanted
         time.sleep(min(max(delay, 0.0), self.cfg.max_backoff))
 
     def judge(self, messages: list[dict[str, str]], keys: Sequence[str]) -> Verdict:
@@ -166,10 +274,14 @@ class JudgeClient:
         path = self.cache_dir / f"{key}.json"
         if path.is_file():
             try:
-                entry = json.loads(path.read_text())
-                return Verdict(entry["result"], cached=True, parse=entry.get("parse", ""))
-            except (json.JSONDecodeError, KeyError):
-                logger.warning("unreadable judge cache entry %s: asking again", path.name)
+                entry = json.loads(path.read_text(encoding="utf-8"))
+                result = valid_result(entry["result"], keys) if isinstance(entry, dict) else None
+            except (ValueError, KeyError, OSError):  # ValueError: bad JSON or not UTF-8
+                result = None
+            if result is not None:
+                return Verdict(result, cached=True, parse=entry.get("parse", ""))
+            # an entry written by an older version or edited by hand (a score of 99): never trusted
+            logger.warning("invalid judge cache entry %s: asking again", path.name)
         error = "no attempt"
         for attempt in range(self.cfg.max_retries + 1):
             retry_after = None
@@ -180,10 +292,10 @@ class JudgeClient:
                 retry_after = err.headers.get("Retry-After") if err.headers else None
                 if err.code not in RETRY_STATUS:
                     return Verdict(None, error=error, attempts=attempt + 1)
-            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as err:
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # timeouts, resets, deadline
                 error = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
-                error = f"bad response body ({type(err).__name__})"
+            except (ValueError, OverflowError) as err:  # not UTF-8, not JSON, no text content (MalformedReply)
+                error = f"bad response body ({type(err).__name__}: {str(err)[:80]})"
             else:
                 result, how = parse_reply(reply, keys)
                 if result is not None:

@@ -22,18 +22,38 @@ VCG_ORDER = ("correctness", "detail", "context", "temporal", "consistency")
 _STRICT = re.compile(r"\(([A-Za-z])\)(?=$|[\s.,:;])")
 
 
+class AnswerFormatError(ValueError):
+    """An item whose ground truth the original's check_ans could not score (docs/faithfulness.md Q36): an item
+    error, counted and reported by the scorer, never scored. The message names the ground truth."""
+
+
 def check_ans(pred: str, gt: str) -> bool:
     """The original's loose match (mv_bench.py check_ans, docs/original.md §7.2, Q8 [KEEP]): lower-case, split on ' ',
     compare
     first words: pred's (dots removed) is a substring of gt's, or gt's is a substring of pred's.
-    So "(a", "(a)", "(a).", "(a)xyz" and a bare "(" all match "(a) ..."."""
+    So "(a", "(a)", "(a).", "(a)xyz" and a bare "(" all match "(a) ...".
+
+    Raises AnswerFormatError where the original raised IndexError (docs/faithfulness.md Q36): a ground truth with
+    nothing after its first word (e.g. "(A)" or "(A) "), whose empty `gt_content[-1]` the original indexed."""
+    gt_words = gt.lower().split(" ")
+    if not " ".join(gt_words[1:]):
+        raise AnswerFormatError(f"ground truth {gt!r} has no text after its option (the original raised IndexError)")
     pred_option = pred.lower().split(" ")[0]
-    gt_option = gt.lower().split(" ")[0]
+    gt_option = gt_words[0]
     return pred_option.replace(".", "") in gt_option or gt_option in pred_option
 
 
+def record_error(rec: dict[str, Any]) -> Optional[str]:
+    """Why a prediction record is not scored: a phase-1 error (unreadable video) or an item error found by the reader
+    (extra["item_error"], e.g. an MVBench window whose end lies before its start); None for a scorable record."""
+    extra = rec.get("extra")
+    return rec.get("error") or (extra.get("item_error") if isinstance(extra, dict) else None) or None
+
+
 def option_letter(text: str) -> Optional[str]:
-    """Strict reading: the text must open with "(X)" followed by the end, a space or punctuation -> "X"."""
+    """Strict reading: the text must open with "(X)", the option letter in parentheses in either case, followed by
+    the end, a space or punctuation -> "X" (upper case). "(b)" is read as "B": the case carries no meaning, while
+    "(", "(b", "b)" and "(b)xyz" (accepted by the loose match) are not options in this form."""
     m = _STRICT.match(text.strip())
     return m.group(1).upper() if m else None
 
@@ -53,14 +73,21 @@ def score_mcqa(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     (the original's "Total Acc"), "macro_acc" = mean of the task accuracies; item errors are counted, not scored."""
     tasks: dict[str, dict[str, Any]] = {}
     errors = 0
+    unscorable: list[str] = []
     for rec in records:
-        if rec.get("error"):
+        if record_error(rec):
             errors += 1
+            continue
+        try:  # loose: the text the original matched; strict: the text without special tokens (Q8, Q35)
+            loose = check_ans(rec["pred"], rec["answer"])
+        except AnswerFormatError as err:  # Q36: never scored as correct, counted as an item error
+            errors += 1
+            unscorable.append(f"{rec.get('id')}: {err}")
             continue
         t = tasks.setdefault(rec["task"], {"correct": 0, "strict_correct": 0, "total": 0})
         t["total"] += 1
-        t["correct"] += check_ans(rec["pred"], rec["answer"])
-        t["strict_correct"] += check_ans_strict(rec["pred"], rec["answer"])
+        t["correct"] += loose
+        t["strict_correct"] += check_ans_strict(rec.get("pred_clean", rec["pred"]), rec["answer"])
     for t in tasks.values():
         t["acc"] = _pct(t["correct"], t["total"])
         t["strict_acc"] = _pct(t["strict_correct"], t["total"])
@@ -75,6 +102,7 @@ def score_mcqa(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "strict_macro_acc": sum(strict_accs) / len(strict_accs) if strict_accs else None,
         "answered": n,
         "item_errors": errors,
+        "unscorable_ground_truth": unscorable[:100],
     }
 
 
@@ -88,7 +116,7 @@ def judge_requests(
     """
     out = []
     for pos, rec in enumerate(records):
-        if rec.get("error"):
+        if record_error(rec):
             continue
         if bench_type == "open_qa":
             out.append((pos, "qa", {"question": rec["question"], "answer": rec["answer"], "pred": rec["pred"]}))
@@ -107,6 +135,59 @@ def judge_requests(
                     values = {"question": rec["question"], "answer": rec["answer"], "pred": rec["pred"]}
                 out.append((pos, aspect, values))
     return out
+
+
+_LOOSE_LETTER = re.compile(r"^\(?([A-Za-z])(?![A-Za-z])")
+
+
+def degenerate_predictions(records: Iterable[dict[str, Any]], mcqa: bool) -> dict[str, Any]:
+    """Predictions that carry no answer, counted: a broken model (NaN weights answering "(" to everything) scores
+    100% under the original's loose matching (docs/faithfulness.md Q8), so these counts are reported beside every
+    score and flagged.
+
+    -> {"answered", "empty" (nothing, or MVBench's bare "(" prefix), "no_option_letter" (mcqa: no letter right after
+    the "(", e.g. "(walking"), "most_common" (the most frequent answer, normalised), "most_common_count",
+    "identical" (every answered item has that same answer while the right answers differ), "flagged", "summary"}."""
+    answered = empty = no_letter = 0
+    answers: dict[str, int] = {}
+    truths: set[str] = set()
+    for rec in records:
+        if record_error(rec):
+            continue
+        answered += 1
+        text = str(rec.get("pred") or "").strip()
+        letter = _LOOSE_LETTER.match(text) if mcqa else None
+        if text in ("", "("):
+            empty += 1
+        elif mcqa and letter is None:
+            no_letter += 1
+        norm = letter.group(1).upper() if letter else text.lower()
+        answers[norm] = answers.get(norm, 0) + 1
+        truths.add(str(rec.get("answer", "")).split(" ")[0].lower() if mcqa else str(rec.get("answer", "")))
+    top, top_n = max(answers.items(), key=lambda kv: kv[1]) if answers else ("", 0)
+    identical = answered >= 2 and top_n == answered and len(truths) > 1
+    problems = []
+    if empty:
+        problems.append(f"{empty} of {answered} empty" + (' (only "(")' if mcqa else ""))
+    if no_letter:
+        problems.append(f"{no_letter} of {answered} without an option letter")
+    if identical:
+        problems.append(f"all {answered} identical ({top!r})")
+    summary = ""
+    if problems:
+        summary = "degenerate predictions: " + ", ".join(problems)
+        if mcqa:
+            summary += "; the loose (original) accuracy counts such answers as correct: trust the strict one"
+    return {
+        "answered": answered,
+        "empty": empty,
+        "no_option_letter": no_letter,
+        "most_common": top,
+        "most_common_count": top_n,
+        "identical": identical,
+        "flagged": bool(problems),
+        "summary": summary,
+    }
 
 
 def aggregate_scores(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,10 @@
 
 The protocol (benchmark type, judge prompts) comes from eval_config.yaml written by phase 1 beside the predictions;
 key=value overrides apply on top (e.g. judge.temperature=0, judge.consistency_judge_q1_twice=false).
+
+Exit status (docs/reliability.md, "Scoring and the judge"): 0 with results; 2 and one line for a bad input (no
+predictions file, a record without its fields, a config error); 1 and a one-line summary when nothing could be
+scored (every item an error, or every judge call failed), results still written with the counts.
 """
 
 from __future__ import annotations
@@ -12,18 +16,68 @@ import datetime
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
 from stllm import code_version
-from stllm.config import config_to_dict, load_config
+from stllm.config import ConfigError, config_to_dict, load_config
+from stllm.errors import StllmError
 from stllm.eval.config import EvalConfig, validate
 from stllm.eval.judge import JudgeClient, build_messages
-from stllm.eval.metrics import judge_requests, score_mcqa, score_open_qa, score_vcgbench
+from stllm.eval.metrics import (
+    degenerate_predictions,
+    judge_requests,
+    record_error,
+    score_mcqa,
+    score_open_qa,
+    score_vcgbench,
+)
 from stllm.eval.records import read_records
 
 logger = logging.getLogger(__name__)
+
+
+class ScoreInputError(StllmError, ValueError):
+    """A predictions file that cannot be scored (missing, empty, a record without the fields its benchmark needs)."""
+
+
+# fields a scorable record must have, per benchmark type (records written by phase 1 always have them)
+_RECORD_FIELDS = {"mcqa": ("task", "pred", "answer"), "vcgbench": ("task", "question", "answer", "pred")}
+_RECORD_FIELDS["open_qa"] = ("question", "answer", "pred")
+
+
+def check_records(records: list[dict[str, Any]], cfg: EvalConfig, path: Path) -> None:
+    """Every scorable record has its benchmark's fields as text -> None; else ScoreInputError naming line and key."""
+    for line, rec in enumerate(records, 1):
+        if record_error(rec):
+            continue
+        for key in _RECORD_FIELDS[cfg.type]:
+            if not isinstance(rec.get(key), str):
+                raise ScoreInputError(
+                    f"{path} record {line} (id {rec.get('id')!r}): field {key!r} missing or not text; "
+                    f"was it written by `python -m stllm eval` with this benchmark's config ({cfg.benchmark})?"
+                )
+        if cfg.type == "vcgbench" and rec["task"] == "consistency" and not cfg.judge.consistency_judge_q1_twice:
+            if not isinstance((rec.get("extra") or {}).get("question2"), str):
+                raise ScoreInputError(f"{path} record {line} (id {rec.get('id')!r}): no extra.question2")
+
+
+def describe_frames(frames: dict[str, Any]) -> str:
+    """The frames rule of an eval config, in words (results.md)."""
+    n, size = int(frames.get("num_frames", 0)), frames.get("size", 224)
+    if frames.get("rule") == "mvbench":
+        if n > 0:
+            rule = f"MVBench get_index: {n} frames, segment midpoints of the clip (or of the item's start-end window)"
+        else:
+            rule = (
+                "MVBench get_index, 1 frame per second of the clip (or of the item's start-end window), "
+                f"floored and clamped to {frames.get('min_frames', 4)}-{frames.get('max_frames', 16)} frames"
+            )
+    else:
+        rule = f"{n} frames, segment midpoints over the whole video"
+    return f"{rule}; {size} px"
 
 
 def _fmt(x: Optional[float], digits: int = 2) -> str:
@@ -35,7 +89,7 @@ def judge_records(records: list[dict[str, Any]], cfg: EvalConfig, cache_dir: Pat
     requests = judge_requests(records, cfg.type, cfg.judge)
     missing = sorted({aspect for _, aspect, _ in requests} - set(cfg.judge.prompts))
     if missing:
-        raise SystemExit(f"eval config has no judge prompt for {', '.join(missing)} (judge.prompts)")
+        raise ConfigError(f"eval config has no judge prompt for {', '.join(missing)} (judge.prompts.<aspect>)")
     key = os.environ.get(cfg.judge.api_key_env)
     if not key:
         logger.warning("environment variable %s is not set: calling the judge without a key", cfg.judge.api_key_env)
@@ -48,15 +102,17 @@ def judge_records(records: list[dict[str, Any]], cfg: EvalConfig, cache_dir: Pat
 def compute_metrics(
     records: list[dict[str, Any]], cfg: EvalConfig, cache_dir: Path
 ) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
-    """-> (metrics, judge info or None)."""
+    """-> (metrics, judge info or None); metrics["degenerate"] counts empty / degenerate predictions."""
+    degenerate = degenerate_predictions(records, cfg.type == "mcqa")
     if cfg.type == "mcqa":
-        return score_mcqa(records), None
-    errors = sum(1 for r in records if r.get("error"))
+        return {**score_mcqa(records), "degenerate": degenerate}, None
+    errors = sum(1 for r in records if record_error(r))
     judged, client = judge_records(records, cfg, cache_dir)
     if cfg.type == "vcgbench":
         metrics = score_vcgbench([(a, v.result) for _, a, v in judged], errors)
     else:
         metrics = score_open_qa([v.result for _, _, v in judged], errors)
+    metrics["degenerate"] = degenerate
     failed = [{"id": records[p]["id"], "aspect": a, "error": v.error} for p, a, v in judged if v.error]
     info = {
         **client.identity,
@@ -73,11 +129,13 @@ def compute_metrics(
 
 def to_markdown(results: dict[str, Any]) -> str:
     m, kind = results["metrics"], results["type"]
-    lines = [
-        f"# {results['benchmark']} results",
-        "",
+    lines = [f"# {results['benchmark']} results", ""]
+    deg = m.get("degenerate") or {}
+    if deg.get("flagged"):
+        lines += [f"> **WARNING: {deg['summary']}.**", ""]
+    lines += [
         f"model: `{results['model']}`  ",
-        f"frames: {results['frames']['rule']} ({results['frames']['num_frames']})  ",
+        f"frames: {describe_frames(results['frames'])}  ",
         f"decoding: {results['generation']['rule']}, beams {results['generation']['num_beams']}  ",
     ]
     if results.get("judge"):
@@ -105,46 +163,65 @@ def to_markdown(results: dict[str, Any]) -> str:
             f"| {_fmt(m['accuracy'], 1)} | {_fmt(m['score'])} | {m['yes']} | {m['no']} | {m['judged']} "
             f"| {m['judge_failures']} |",
         ]
+    if deg:
+        lines += [
+            "",
+            f"predictions: {deg['answered']} answered, {deg['empty']} empty, "
+            + (f"{deg['no_option_letter']} without an option letter, " if kind == "mcqa" else "")
+            + f"most common answer {deg['most_common']!r} ({deg['most_common_count']} times)",
+        ]
     if m.get("item_errors"):
-        lines += ["", f"**{m['item_errors']} items could not be read in phase 1 and are not scored.**"]
+        lines += ["", f"**{m['item_errors']} items are item errors (unreadable video or bad annotation), not scored.**"]
     return "\n".join(lines) + "\n"
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """One bar chart per benchmark (matplotlib, Agg backend)."""
+    """One chart per benchmark (matplotlib, Agg backend): MVBench/TVBench horizontal bars per task (labels never
+    overlap, however few or many tasks), VCGBench the five scores, QA accuracy (%) and score (0-5) in two panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     m, kind = results["metrics"], results["type"]
+    title = f"{results['benchmark']} ({results['model']})"
     if kind == "mcqa":
         names = list(m["tasks"]) + ["Total Acc"]
-        series = {
-            "loose": [m["tasks"][n]["acc"] for n in m["tasks"]] + [m["total_acc"]],
-            "strict": [m["tasks"][n]["strict_acc"] for n in m["tasks"]] + [m["strict_total_acc"]],
-        }
-        ylabel = "accuracy (%)"
+        loose = [m["tasks"][n]["acc"] for n in m["tasks"]] + [m["total_acc"]]
+        strict = [m["tasks"][n]["strict_acc"] for n in m["tasks"]] + [m["strict_total_acc"]]
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(names)))
+        ys = list(range(len(names)))[::-1]  # first task at the top
+        ax.barh([y + 0.2 for y in ys], [v or 0.0 for v in loose], height=0.4, label="loose (original)")
+        ax.barh([y - 0.2 for y in ys], [v or 0.0 for v in strict], height=0.4, label="strict")
+        ax.set_yticks(ys)
+        ax.set_yticklabels(names)
+        ax.set_xlim(0, 100)
+        ax.set_xlabel("accuracy (%)")
+        ax.legend(loc="lower right", fontsize="small")
+        ax.set_title(title)
     elif kind == "vcgbench":
         names = list(m["aspects"]) + ["mean"]
-        series = {"score": [m["aspects"][n]["score"] for n in m["aspects"]] + [m["mean"]]}
-        ylabel = "judge score (0-5)"
-    else:
-        names = ["accuracy / 20", "score"]
-        acc = m["accuracy"] / 20 if m["accuracy"] is not None else None
-        series = {"value": [acc, m["score"]]}
-        ylabel = "score (0-5); accuracy % / 20"
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(names) + 2), 4))
-    width = 0.8 / len(series)
-    for k, (label, vals) in enumerate(series.items()):
-        xs = [i + k * width for i in range(len(names))]
-        ax.bar(xs, [v or 0.0 for v in vals], width=width, label=label)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))])
-    ax.set_xticklabels(names, rotation=60 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
-    ax.set_ylabel(ylabel)
-    ax.set_title(f"{results['benchmark']} ({results['model']})")
-    if len(series) > 1:
-        ax.legend()
+        vals = [m["aspects"][n]["score"] for n in m["aspects"]] + [m["mean"]]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(range(len(names)), [v or 0.0 for v in vals])
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_ylim(0, 5)
+        ax.set_ylabel("judge score (0-5)")
+        ax.set_title(title)
+    else:  # two quantities on two scales: two panels, each with its own axis
+        fig, (ax_acc, ax_score) = plt.subplots(1, 2, figsize=(6, 4))
+        ax_acc.bar([0], [m["accuracy"] or 0.0])
+        ax_acc.set_ylim(0, 100)
+        ax_acc.set_ylabel("accuracy (%)")
+        ax_acc.set_xticks([0])
+        ax_acc.set_xticklabels(["accuracy"])
+        ax_score.bar([0], [m["score"] or 0.0], color="tab:orange")
+        ax_score.set_ylim(0, 5)
+        ax_score.set_ylabel("judge score (0-5)")
+        ax_score.set_xticks([0])
+        ax_score.set_xticklabels(["score"])
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -152,9 +229,12 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def score(predictions: Path, cfg: EvalConfig, output_dir: Optional[Path] = None) -> dict[str, Any]:
     """Score a predictions.jsonl; writes results.json / results.md / results_<benchmark>.png; returns results."""
+    if not predictions.is_file():
+        raise ScoreInputError(f"predictions file not found: {predictions} (run `python -m stllm eval` first)")
     records = read_records(predictions)
     if not records:
-        raise SystemExit(f"no predictions in {predictions}")
+        raise ScoreInputError(f"{predictions}: no prediction records (empty or unreadable lines only)")
+    check_records(records, cfg, predictions)
     out = output_dir or predictions.parent
     out.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(cfg.judge.cache_dir) if cfg.judge.cache_dir else predictions.parent / "judge_cache"
@@ -184,7 +264,24 @@ def score(predictions: Path, cfg: EvalConfig, output_dir: Optional[Path] = None)
     (out / "results.md").write_text(to_markdown(results))
     plot(results, out / f"results_{cfg.benchmark or 'benchmark'}.png")
     logger.info("results in %s", out / "results.json")
+    if metrics.get("degenerate", {}).get("flagged"):
+        logger.warning("%s: %s", cfg.benchmark, metrics["degenerate"]["summary"])
     return results
+
+
+def failure_summary(results: dict[str, Any]) -> Optional[str]:
+    """One line when nothing could be scored (every item an error, or every judge call failed), else None."""
+    m, judge = results["metrics"], results.get("judge")
+    n = results["n_records"]
+    if m.get("item_errors", 0) >= n:
+        return f"nothing scored: all {n} records are item errors (see their 'error' field in {results['predictions']})"
+    if judge and judge["requests"] and judge["failures"] >= judge["requests"]:
+        first = judge["failed_items"][0]["error"] if judge["failed_items"] else "?"
+        return (
+            f"nothing scored: all {judge['requests']} judge calls to {judge['host']} ({judge['model']}) failed, "
+            f"e.g. {first}; rerun the same command to retry them"
+        )
+    return None
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -208,8 +305,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         overrides.append(f"judge.base_url={args.judge_base_url}")
     if args.judge_model:
         overrides.append(f"judge.model={args.judge_model}")
+    if not config.is_file():
+        what = "predictions file" if not pred.is_file() else "eval_config.yaml"
+        raise ConfigError(
+            f"{config} not found: pass the phase-1 output folder or its predictions.jsonl, or --config CONFIG"
+            + (f" ({what} {pred} does not exist)" if not pred.is_file() else "")
+        )
     cfg = load_config(EvalConfig, config, overrides)
     validate(cfg)
     results = score(pred, cfg, Path(args.output_dir) if args.output_dir else None)
     print(to_markdown(results))
+    summary = failure_summary(results)
+    if summary:
+        print(f"stllm score: {summary}", file=sys.stderr)
+        return 1
+    deg = results["metrics"].get("degenerate") or {}
+    if deg.get("flagged"):
+        print(f"stllm score: WARNING: {deg['summary']}", file=sys.stderr)
     return 0

@@ -41,6 +41,10 @@ class StllmConfig(PretrainedConfig):
         vision_autocast_dtype: docs/faithfulness.md Q16 [KEEP]: the vision path runs under this autocast dtype on CUDA
         ("float16"
             as the original); None disables it.
+        mask_rng: which random stream draws the masks when none are given (docs/faithfulness.md, "Random streams and
+            decoding"). "stllm" (default): our own generator, reseeded by the trainer from (seed, step), so a
+            resumed run draws the same masks; "original": NumPy's global state as the original (ratio, then one
+            shuffle per sample), so `np.random.seed(s)` before a forward gives the original's masks exactly.
         num_frames: frames the recipe feeds per video (16 for QA, 64 for conversation); informational default
             for processors and demos.
     """
@@ -82,6 +86,7 @@ class StllmConfig(PretrainedConfig):
         qformer_dropout_in_train: str = "legacy",
         mvm_visual_start: int | None = None,
         vision_autocast_dtype: str | None = "float16",
+        mask_rng: str = "stllm",
         num_frames: int = 16,
         recipe: str = "custom",
         initializer_range: float = 0.02,
@@ -114,6 +119,7 @@ class StllmConfig(PretrainedConfig):
         self.qformer_dropout_in_train = qformer_dropout_in_train
         self.mvm_visual_start = mvm_visual_start
         self.vision_autocast_dtype = vision_autocast_dtype
+        self.mask_rng = mask_rng
         self.num_frames = num_frames
         self.recipe = recipe
         self.initializer_range = initializer_range
@@ -129,6 +135,8 @@ class StllmConfig(PretrainedConfig):
             raise ValueError(
                 f"qformer_dropout_in_train must be 'legacy' or 'never', got {self.qformer_dropout_in_train!r}"
             )
+        if self.mask_rng not in ("stllm", "original"):
+            raise ValueError(f"mask_rng must be 'stllm' or 'original', got {self.mask_rng!r}")
         if not 0.0 <= self.mask_ratio_min <= self.mask_ratio_max < 1.0:
             raise ValueError(
                 f"need 0 <= mask_ratio_min <= mask_ratio_max < 1, got {self.mask_ratio_min}, {self.mask_ratio_max}"

@@ -32,6 +32,28 @@ def sample_dropped_tokens(
     return dropped.to(device)
 
 
+MASK_RNG_MODES = ("stllm", "original")
+
+
+def sample_original_mask(batch: int, length: int, mean: float, std: float, low: float, high: float) -> torch.Tensor:
+    """docs/original.md §2.1 with the original's own random stream (docs/faithfulness.md, "Random streams"):
+    bool (B, L), True = dropped.
+
+    Both draws come from NumPy's *global* state, in the original's order: first the ratio
+    `np.random.normal(mean, std)` (then clipped), then per sample, sample 0 first, one `np.random.shuffle` of
+    `[0] * (L - n) + [1] * n` with n = int(r L) (1 = dropped). So `np.random.seed(s)` right before a training
+    forward gives the original's masks exactly.
+    """
+    ratio = float(np.clip(np.random.normal(mean, std), low, high))
+    num_drop = int(ratio * length)
+    rows = []
+    for _ in range(batch):
+        row = np.hstack([np.zeros(length - num_drop), np.ones(num_drop)])
+        np.random.shuffle(row)  # the legacy global shuffle: same draws for a list or a 1-D array
+        rows.append(row)
+    return torch.from_numpy(np.stack(rows)).to(torch.bool)
+
+
 def check_dropped_tokens(dropped: torch.Tensor, batch: int, length: int) -> None:
     """A caller-given mask must be (B, L) bool with the same number of dropped tokens in every row."""
     if dropped.dtype != torch.bool or tuple(dropped.shape) != (batch, length):

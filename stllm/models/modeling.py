@@ -27,6 +27,7 @@ from stllm.models.masking import (
     mvm_loss,
     sample_dropped_tokens,
     sample_mask_ratio,
+    sample_original_mask,
     sequence_keep_mask,
 )
 from stllm.models.vision import BTAdapter, encode_frames, init_tagged_layer, tag_init
@@ -164,7 +165,10 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         return head
 
     def seed_masking(self, seed: int) -> None:
-        """Seed the mask-ratio RNG (numpy) used when no `dropped_tokens` are passed."""
+        """Seed our mask stream (config.mask_rng == "stllm") used when no `dropped_tokens` are passed.
+
+        With mask_rng "original" the masks come from NumPy's global state instead (seed it with np.random.seed);
+        this seed is then unused (docs/faithfulness.md, "Random streams and decoding")."""
         self._mask_rng = np.random.default_rng(seed)
 
     def apply_recipe_freezing(self) -> None:
@@ -207,9 +211,15 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
             )
 
     def _vision_autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """docs/faithfulness.md Q16 [KEEP]: the vision path under `vision_autocast_dtype` autocast, on CUDA only.
+
+        `config.vision_autocast_devices` (optional, default ["cuda"]) names the device types where it applies;
+        ["cuda", "cpu"] with "bfloat16" runs the same dtype plumbing on a CPU (tests/test_mixed_precision.py).
+        """
         dtype = self.config.vision_autocast_dtype
-        if device.type == "cuda" and dtype:
-            return torch.autocast("cuda", dtype=getattr(torch, dtype))  # docs/faithfulness.md Q16 [KEEP]
+        devices = getattr(self.config, "vision_autocast_devices", None) or ["cuda"]
+        if device.type in devices and dtype:
+            return torch.autocast(device.type, dtype=getattr(torch, dtype))
         return contextlib.nullcontext()
 
     def get_frame_features(
@@ -364,13 +374,18 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
         b, n_video = video_embeds.shape[:2]
         if dropped_tokens is None:
             c = self.config
-            ratio = sample_mask_ratio(
-                c.mask_ratio_mean, c.mask_ratio_std, c.mask_ratio_min, c.mask_ratio_max, self._mask_rng
-            )
-            seed = int(self._mask_rng.integers(2**62))
-            dropped_tokens = sample_dropped_tokens(
-                b, n_video, ratio, torch.Generator().manual_seed(seed), device=input_ids.device
-            )
+            if c.mask_rng == "original":  # NumPy's global state, the original's two calls in order
+                dropped_tokens = sample_original_mask(
+                    b, n_video, c.mask_ratio_mean, c.mask_ratio_std, c.mask_ratio_min, c.mask_ratio_max
+                ).to(input_ids.device)
+            else:  # our own stream: seeded per step by the trainer, so resumed runs draw the same masks
+                ratio = sample_mask_ratio(
+                    c.mask_ratio_mean, c.mask_ratio_std, c.mask_ratio_min, c.mask_ratio_max, self._mask_rng
+                )
+                seed = int(self._mask_rng.integers(2**62))
+                dropped_tokens = sample_dropped_tokens(
+                    b, n_video, ratio, torch.Generator().manual_seed(seed), device=input_ids.device
+                )
         check_dropped_tokens(dropped_tokens, b, n_video)
         video_pos = input_ids == self.config.video_token_id  # (B, N)
         keep = sequence_keep_mask(video_pos, dropped_tokens.to(video_pos.device))  # (B, N)
