@@ -44,11 +44,21 @@ def _valid_keys(schema: type, dotted: str) -> list[str]:
 
 
 def _explain(schema: type, key: str, source: str) -> ConfigError:
+    import sys  # local: only this function may change in this module
+
     valid = _valid_keys(schema, key)
+    where = ""
+    # OmegaConf drops the path of a key inside a list entry (tasks: [{name: .., jsn: ..}] reports just 'jsn'); the
+    # error being handled names the schema that owns the key, so its fields are the valid keys to list
+    owner = getattr(sys.exc_info()[1], "object_type", None)
+    if isinstance(owner, type) and dataclasses.is_dataclass(owner):
+        valid = [f.name for f in dataclasses.fields(owner)]
+        if owner is not schema and "." not in key:
+            where = f" in a {owner.__name__} entry"
     last = key.split(".")[-1]
     close = difflib.get_close_matches(last, valid, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return ConfigError(f"{source}: unknown key {key!r}{hint}; valid keys here: {', '.join(valid) or '(none)'}")
+    return ConfigError(f"{source}: unknown key {key!r}{where}{hint}; valid keys here: {', '.join(valid) or '(none)'}")
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:

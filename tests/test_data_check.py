@@ -78,7 +78,9 @@ def test_training_config_data_section_and_overrides(data_root, tmp_path):
     assert cfg.max_retries == 2 and cfg.datasets[0].name == "good"
     with pytest.raises(ConfigError, match=r"unknown key 'nonsense'; valid keys here: data_root, anno_root, catalog"):
         load_data_config(train, ["nonsense=1"])
-    assert check_main([str(train), "mixture=bogus"]) == 2
+    with pytest.raises(ConfigError, match="mixture"):  # the CLI reports it: one line, exit 2
+        check_main([str(train), "mixture=bogus"])
+    assert cli_main(["data", "check", str(train), "mixture=bogus"]) == 2
 
 
 def test_repository_catalog_and_recipes_resolve():

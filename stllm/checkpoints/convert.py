@@ -29,6 +29,7 @@ from tqdm import tqdm
 from stllm.checkpoints.io import CheckpointError, iter_checkpoint
 from stllm.checkpoints.keymap import ConversionResult, KeyMappingError, convert_original_state_dict
 from stllm.checkpoints.writer import ShardWriter, parse_size
+from stllm.config import ConfigError
 from stllm.models.configuration import StllmConfig, preset_config
 from stllm.models.modeling import StllmForConditionalGeneration
 
@@ -282,7 +283,10 @@ def load_target_config(args: argparse.Namespace) -> StllmConfig:
     if args.config is None:
         return preset_config(RECIPES[args.recipe])
     path = args.config / "config.json" if args.config.is_dir() else args.config
-    return StllmConfig.from_json_file(str(path))
+    try:
+        return StllmConfig.from_json_file(str(path))
+    except (OSError, ValueError, TypeError) as err:  # missing, not UTF-8 / JSON (ValueErrors), bad values
+        raise ConfigError(f"--config {path}: not a readable StllmConfig JSON ({str(err).splitlines()[0]})") from err
 
 
 def sources_for(args: argparse.Namespace, config: StllmConfig) -> list[Source]:

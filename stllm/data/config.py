@@ -32,6 +32,9 @@ class DatasetSpec:
     min_frames: int = 4
     max_frames: int = 16
     fix_start: int | None = None
+    # `rand` with a one-frame segment: "stllm" (our seeded stream) or "original" (numpy's global state,
+    # docs/faithfulness.md "Random streams and decoding")
+    fallback_rng: str = "stllm"
     video_reader: str = "auto"  # auto | decord | pyav | gif | frames (stllm.data.video backends)
     frame_folder_fps: float = 5.0  # docs/original.md §4.4: the original rawframe reader assumed 5 fps
     min_source_frames: int = 1  # a video with fewer frames is bad media (the original padded short videos)
@@ -46,6 +49,7 @@ class DatasetSpec:
             min_frames=self.min_frames,
             max_frames=self.max_frames,
             fix_start=self.fix_start,
+            fallback_rng=self.fallback_rng,
         )
 
 

@@ -27,36 +27,112 @@ from stllm.data.sampling import FrameSampling
 from stllm.data.transforms import build_transform
 from stllm.data.types import VideoQAItem
 from stllm.data.video import MediaError, read_clip
+from stllm.errors import StllmError
 
 logger = logging.getLogger(__name__)
+
+
+class AnnotationError(StllmError, ValueError):
+    """An annotation file that cannot be used at all (not UTF-8, not JSON, not a list, no usable item)."""
+
 
 Transform = Callable[..., torch.Tensor]
 
 
-def load_annotations(path: str) -> list[dict[str, Any]]:
-    """A VideoChat2-IT JSON (list of {"video"|"image", "QA": [{"i","q","a"}], ...}) -> its valid items.
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    Raises FileNotFoundError / ValueError naming the file; items without media or QA are dropped with a warning.
+
+def _as_seconds(value: Any) -> float | None:
+    """A window bound as written in an annotation (a number or a numeric string) -> float; None when it is not."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    return float(value) if _is_number(value) and math.isfinite(value) else None
+
+
+def item_problem(item: Any, media_key: str | None = None) -> str | None:
+    """Why one annotation item cannot be trained on (None when it can).
+
+    An item is a dict with a media path (`media_key`, or "video"/"image" when None) that is a non-empty string,
+    a non-empty "QA" list of dicts whose "i"/"q"/"a" are strings, optional "start"/"end" (seconds, numbers or
+    numeric strings, start <= end) and an optional positive integer "num_frames".
+    """
+    if not isinstance(item, dict):
+        return f"not a JSON object ({type(item).__name__})"
+    keys = [media_key] if media_key else [k for k in ("video", "image") if k in item] or ["video"]
+    key = keys[0]
+    if key not in item:
+        return f"no {key!r} path"
+    if not isinstance(item[key], str) or not item[key]:
+        return f"{key!r} is {item[key]!r} ({type(item[key]).__name__}), not a file name"
+    qa = item.get("QA")
+    if not isinstance(qa, list) or not qa:
+        return "no QA list" if qa is None else f"'QA' is {type(qa).__name__}, not a non-empty list"
+    for n, turn in enumerate(qa):
+        if not isinstance(turn, dict):
+            return f"QA[{n}] is {type(turn).__name__}, not an object"
+        for field in ("i", "q", "a"):
+            # "i" may be null (no instruction); "q" and "a", when present, are text
+            if field in turn and not isinstance(turn[field], str) and not (field == "i" and turn[field] is None):
+                return f"QA[{n}].{field} is {type(turn[field]).__name__} ({turn[field]!r}), not a string"
+    bounds = {}
+    for field in ("start", "end"):
+        if item.get(field) is not None:
+            bounds[field] = _as_seconds(item[field])
+            if bounds[field] is None:
+                return f"{field!r} is {item[field]!r}, not a number of seconds"
+    if len(bounds) == 2 and bounds["end"] < bounds["start"]:  # type: ignore[operator]
+        return f"window end {bounds['end']} s is before its start {bounds['start']} s"
+    frames = item.get("num_frames")
+    if frames is not None and not (isinstance(frames, int) and not isinstance(frames, bool) and frames > 0):
+        return f"'num_frames' is {frames!r}, not a positive integer"
+    return None
+
+
+def read_annotations(path: str, media_key: str | None = None) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """A VideoChat2-IT JSON -> (valid items, [(position in the file, why it was dropped)]).
+
+    Raises FileNotFoundError / AnnotationError naming the file when the file itself is unusable; a bad item inside
+    a good file is dropped and reported (item_problem). Window bounds given as numeric strings become floats.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation file not found: {path}")
     try:
         with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
+    except UnicodeDecodeError as err:
+        raise AnnotationError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from err
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
-    items, dropped = [], 0
-    for item in data:
-        ok = isinstance(item, dict) and ("video" in item or "image" in item)
-        ok = ok and isinstance(item.get("QA"), list) and len(item["QA"]) > 0
-        if ok:
-            items.append(item)
-        else:
-            dropped += 1
+        raise AnnotationError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
+    items: list[dict[str, Any]] = []
+    dropped: list[tuple[int, str]] = []
+    for n, item in enumerate(data):
+        problem = item_problem(item, media_key)
+        if problem is not None:
+            dropped.append((n, problem))
+            continue
+        for field in ("start", "end"):
+            if isinstance(item.get(field), str):
+                item = {**item, field: float(item[field])}
+        items.append(item)
+    return items, dropped
+
+
+def load_annotations(path: str, media_key: str | None = None) -> list[dict[str, Any]]:
+    """A VideoChat2-IT JSON (list of {"video"|"image", "QA": [{"i","q","a"}], ...}) -> its valid items.
+
+    Raises FileNotFoundError / AnnotationError naming the file; malformed items (item_problem) are dropped, counted
+    and logged with their reasons (the first three).
+    """
+    items, dropped = read_annotations(path, media_key)
     if dropped:
-        logger.warning("%s: dropped %d items without a video/image path or a QA list", path, dropped)
+        shown = "; ".join(f"item {n}: {why}" for n, why in dropped[:3])
+        logger.warning("%s: dropped %d malformed items (%s%s)", path, len(dropped), shown, "; ..." * (len(dropped) > 3))
     return items
 
 
@@ -91,8 +167,14 @@ class InstructionDataset(Dataset[VideoQAItem]):
         self.cfg = DataConfig(data_root=data_root, anno_root=anno_root)
         self.transform = transform if transform is not None else build_transform(train, image_size)
         self.annotation = annotation_path(self.cfg, spec)
-        self.items = load_annotations(self.annotation)
         self.is_image = spec.media_type == "image"
+        # malformed items are dropped here, counted and logged (docs/data.md, Bad data)
+        self.items, self.dropped_items = read_annotations(self.annotation, "image" if self.is_image else "video")
+        if self.dropped_items:
+            shown = "; ".join(f"item {n}: {why}" for n, why in self.dropped_items[:3])
+            logger.warning(
+                "[%s] %s: dropped %d malformed items (%s)", spec.name, self.annotation, len(self.dropped_items), shown
+            )
         sampling = spec.sampling()
         # evaluation-style use of a training set: deterministic segment middles (docs/original.md §4.4 `middle`)
         self.sampling = sampling if train else FrameSampling(num_frames=sampling.num_frames, mode="middle")

@@ -38,9 +38,10 @@ class StllmConfig(PretrainedConfig):
         mvm_visual_start: docs/faithfulness.md Q3 [FIX]: None uses each sample's real video position for the MVM slice;
         an int
             (the original's 8 for MiniGPT-4 recipes) reproduces the hard-coded offset.
-        vision_autocast_dtype: docs/faithfulness.md Q16 [KEEP]: the vision path runs under this autocast dtype on CUDA
-        ("float16"
-            as the original); None disables it.
+        vision_autocast_dtype: docs/faithfulness.md Q16 [KEEP]: the vision path runs under this autocast dtype on
+            CUDA ("float16" as the original); None disables it.
+        vision_autocast_devices: the device types where that autocast applies (["cuda"], the original's; tests add
+            "cpu" to run the same dtype plumbing on a CPU).
         mask_rng: which random stream draws the masks when none are given (docs/faithfulness.md, "Random streams and
             decoding"). "stllm" (default): our own generator, reseeded by the trainer from (seed, step), so a
             resumed run draws the same masks; "original": NumPy's global state as the original (ratio, then one
@@ -86,6 +87,7 @@ class StllmConfig(PretrainedConfig):
         qformer_dropout_in_train: str = "legacy",
         mvm_visual_start: int | None = None,
         vision_autocast_dtype: str | None = "float16",
+        vision_autocast_devices: list[str] | None = None,
         mask_rng: str = "stllm",
         num_frames: int = 16,
         recipe: str = "custom",
@@ -119,6 +121,7 @@ class StllmConfig(PretrainedConfig):
         self.qformer_dropout_in_train = qformer_dropout_in_train
         self.mvm_visual_start = mvm_visual_start
         self.vision_autocast_dtype = vision_autocast_dtype
+        self.vision_autocast_devices = list(vision_autocast_devices) if vision_autocast_devices else ["cuda"]
         self.mask_rng = mask_rng
         self.num_frames = num_frames
         self.recipe = recipe

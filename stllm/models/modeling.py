@@ -213,11 +213,11 @@ class StllmForConditionalGeneration(StllmPreTrainedModel):
     def _vision_autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """docs/faithfulness.md Q16 [KEEP]: the vision path under `vision_autocast_dtype` autocast, on CUDA only.
 
-        `config.vision_autocast_devices` (optional, default ["cuda"]) names the device types where it applies;
+        `config.vision_autocast_devices` (default ["cuda"]) names the device types where it applies;
         ["cuda", "cpu"] with "bfloat16" runs the same dtype plumbing on a CPU (tests/test_mixed_precision.py).
         """
         dtype = self.config.vision_autocast_dtype
-        devices = getattr(self.config, "vision_autocast_devices", None) or ["cuda"]
+        devices = self.config.vision_autocast_devices
         if device.type in devices and dtype:
             return torch.autocast(device.type, dtype=getattr(torch, dtype))
         return contextlib.nullcontext()

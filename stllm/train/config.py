@@ -66,6 +66,30 @@ def check_model_overrides(overrides: dict[str, Any]) -> None:
             raise ConfigError(f"model.config.{key}={value!r}: expected {want.__name__}")
 
 
+def resolved_model_config(section: ModelSection) -> Any:
+    """init_from's config.json with the section's changes -> a validated StllmConfig.
+
+    ConfigError for a config.json that does not read, or changes that make an invalid ST-LLM config (StllmConfig's
+    own ValueError, reworded to name the model.config key the message is about, or all of them).
+    """
+    from stllm.models.configuration import StllmConfig
+
+    path = Path(section.init_from) / "config.json"
+    try:
+        cfg = StllmConfig.from_pretrained(section.init_from)
+    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise ConfigError(f"model.init_from: {path}: not a readable StllmConfig ({str(err).splitlines()[0]})") from err
+    for key, value in section.config.items():
+        setattr(cfg, key, value)
+    try:
+        cfg.validate_stllm()
+    except ValueError as err:
+        keys = [k for k in section.config if k in str(err)] or list(section.config)
+        named = ", ".join(f"model.config.{k}={section.config[k]!r}" for k in keys) or f"model.init_from ({path})"
+        raise ConfigError(f"{named}: {err}") from err
+    return cfg
+
+
 @dataclass
 class LoraSection:
     """LoRA on the LLM (r=0: off). Defaults are the original's (docs/original.md §1.6: alpha 32, dropout 0.05,
@@ -190,8 +214,7 @@ def validate(cfg: TrainConfig, *, check_files: bool = True) -> None:
     ]
     if missing:
         raise ConfigError(
-            "annotation files not found (set data.data_root / data.anno_root; see docs/data.md):\n  "
-            + "\n  ".join(missing)
+            "annotation files not found (set data.data_root / data.anno_root; see docs/data.md): " + "; ".join(missing)
         )
     if not (Path(m.init_from) / "config.json").is_file():
         raise ConfigError(
@@ -199,6 +222,7 @@ def validate(cfg: TrainConfig, *, check_files: bool = True) -> None:
             f"it with `python -m stllm convert` (trainval.md), or `python -m stllm tiny-model` for a "
             f"tiny CPU model"
         )
+    resolved_model_config(m)  # the model.config changes make a valid StllmConfig (before any model is built)
 
 
 def training_arguments(section: TrainSection, **fixed: Any):

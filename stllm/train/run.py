@@ -3,7 +3,9 @@
 Order (docs/original.md §5.1): config and data are checked first (a typo fails in seconds, before any model is built),
 then the model (converted checkpoint or preset) and its processor, then TrainingArguments (after the model:
 like the original, no ZeRO-3 partitioned construction), then the HF Trainer. An output_dir that holds
-checkpoint-* resumes from the latest one (docs/original.md §5.1 step 5).
+checkpoint-* resumes from the latest complete one (docs/original.md §5.1 step 5; a folder cut short by a kill while
+saving has no completion marker and is passed over with a warning). A loss or weights that turn NaN/inf stop the
+run at that step with TrainingDivergedError, before anything from that step is saved.
 """
 
 from __future__ import annotations
@@ -11,40 +13,45 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stllm.config import ConfigError, save_config
-from stllm.data.datasets import build_datasets
+from stllm.config import save_config
+from stllm.data.datasets import AnnotationError, build_datasets
 from stllm.data.processor import StllmProcessor
 from stllm.models.configuration import StllmConfig
 from stllm.models.lora import apply_lora
 from stllm.models.modeling import StllmForConditionalGeneration, attention_implementation
-from stllm.train.config import ModelSection, TrainConfig, load_train_config, training_arguments
+from stllm.train.config import (
+    ModelSection,
+    TrainConfig,
+    load_train_config,
+    resolved_model_config,
+    training_arguments,
+)
 from stllm.train.trainer import (
     CONFIG_FILE,
     Collator,
     ConsoleLogCallback,
     DataEpochCallback,
+    DivergenceCallback,
     SaveExtrasCallback,
     StllmTrainer,
     TokenizedDataset,
+    checkpoints,
+    is_complete_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
 
 
 def model_config(section: ModelSection) -> StllmConfig:
-    """The StllmConfig to train: init_from's config.json with the section's changes."""
-    cfg = StllmConfig.from_pretrained(section.init_from)
-    for key, value in section.config.items():
-        setattr(cfg, key, value)
-    cfg.validate_stllm()
-    return cfg
+    """The StllmConfig to train: init_from's config.json with the section's changes (ConfigError naming the
+    model.config key when they make an invalid ST-LLM config)."""
+    return resolved_model_config(section)
 
 
 def build_model(section: ModelSection) -> tuple[StllmForConditionalGeneration, StllmProcessor]:
@@ -58,13 +65,23 @@ def build_model(section: ModelSection) -> tuple[StllmForConditionalGeneration, S
 
 
 def latest_checkpoint(output_dir: str | Path) -> str | None:
-    """output_dir/checkpoint-<step> with the highest step, or None."""
-    found = [
-        (int(m.group(1)), p)
-        for p in Path(output_dir).glob("checkpoint-*")
-        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
-    ]
-    return str(max(found)[1]) if found else None
+    """output_dir/checkpoint-<step> with the highest step among the complete ones, or None.
+
+    A newer folder without the completion marker (a save cut short) is passed over with a warning; the Trainer
+    writes into it again when it reaches that step.
+    """
+    found = checkpoints(output_dir)
+    complete = [(step, p) for step, p, ok in found if ok]
+    newest_step, newest = complete[-1] if complete else (-1, None)
+    for step, path, ok in found:
+        if not ok and step > newest_step:
+            logger.warning(
+                "%s is incomplete (no completion marker: killed while saving, or written by an older stllm); "
+                "resuming from %s instead",
+                path,
+                newest or "the start",
+            )
+    return str(newest) if newest is not None else None
 
 
 def _setup_logging() -> None:
@@ -81,10 +98,18 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
     model, processor = build_model(cfg.model)
     # annotations are read before the (long) training starts; the transform's size is the model's
     datasets = build_datasets(cfg.data, image_size=model.config.frame_size())
+    for d in datasets:  # malformed annotation items: dropped (counted and logged by the dataset), never a crash
+        if len(d) == 0:
+            why = "; ".join(f"item {n}: {reason}" for n, reason in d.dropped_items[:3]) or "the file lists no items"
+            raise AnnotationError(f"{d.annotation}: dataset {d.spec.name!r} has no usable items ({why})")
+    dropped = sum(len(d.dropped_items) for d in datasets)
+    if dropped:
+        logger.warning("%d malformed annotation items dropped (`python -m stllm data check` lists them)", dropped)
     if cfg.lora.r > 0:
         lora = cfg.lora
         model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules)
-    args = training_arguments(cfg.train)
+    # the rotation of old checkpoints is SaveExtrasCallback's, after the new one is marked complete
+    args = training_arguments(cfg.train, save_total_limit=None)
     trainer = StllmTrainer(
         model=model,
         args=args,
@@ -93,10 +118,10 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
         data_seed=cfg.data.seed,
         mixture=cfg.data.mixture,
     )
-    extras = SaveExtrasCallback(processor, cfg)
+    extras = SaveExtrasCallback(processor, cfg, save_total_limit=cfg.train.save_total_limit)
     # the progress bar prints the logs already; log lines only without it (e.g. batch jobs)
     console = [ConsoleLogCallback()] if args.disable_tqdm else []
-    for callback in [DataEpochCallback(trainer), extras, *console, *callbacks]:
+    for callback in [DataEpochCallback(trainer), DivergenceCallback(trainer), extras, *console, *callbacks]:
         trainer.add_callback(callback)
     if trainer.is_world_process_zero():
         out.mkdir(parents=True, exist_ok=True)
@@ -116,6 +141,8 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
     elif cfg.resume != "never":
         resume = cfg.resume
     if resume:
+        if not is_complete_checkpoint(resume):
+            logger.warning("%s has no completion marker: it may be cut short (resume=%s)", resume, cfg.resume)
         logger.info("resuming from %s", resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_state()
@@ -144,10 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
     _setup_logging()
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-    except ConfigError as err:
-        parser.exit(2, f"error: {err}\n")
+    # a ConfigError (or TrainingDivergedError) reaches stllm.cli, which prints one line and exits 2
+    cfg = load_train_config(args.config, args.overrides)
     train(cfg)
     return 0
 

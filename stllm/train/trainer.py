@@ -2,13 +2,18 @@
 parts, logging.
 
 Public Trainer hooks only (docs/design.md decision 7): `get_train_dataloader`, `compute_loss` and `log` are overridden;
-saving extras and throughput go through TrainerCallbacks.
+saving extras, the checkpoint completion marker, checkpoint rotation and the divergence stop go through
+TrainerCallbacks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import re
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,15 +23,56 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
-from stllm.config import save_config
+from stllm.config import ConfigError, save_config
 from stllm.data.datasets import InstructionDataset, build_batch_sampler
 from stllm.data.processor import StllmProcessor
 from stllm.data.types import VideoQAItem
+from stllm.errors import StllmError
 from stllm.models.modeling import StllmForConditionalGeneration
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.yaml"
+# Written last into checkpoint-N, once everything else is on disk: a folder without it was cut short (killed while
+# saving) and is never resumed from (docs/reliability.md, Training).
+COMPLETE_FILE = "checkpoint_complete.json"
+
+
+class TrainingDivergedError(StllmError):
+    """The loss or the weights became NaN/inf: training stopped at that step, before anything was saved from it."""
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """.../checkpoint-<step> -> step; None for any other name."""
+    m = re.fullmatch(r"checkpoint-(\d+)", Path(path).name)
+    return int(m.group(1)) if m else None
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    """True when `path` is a checkpoint folder whose completion marker was written (so every file is whole)."""
+    return (Path(path) / COMPLETE_FILE).is_file()
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path, bool]]:
+    """output_dir -> [(step, checkpoint folder, complete?)] sorted by step."""
+    found = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        step = checkpoint_step(p)
+        if p.is_dir() and step is not None:
+            found.append((step, p, is_complete_checkpoint(p)))
+    return sorted(found)
+
+
+def mark_complete(path: str | os.PathLike, step: int) -> None:
+    """Write the completion marker atomically (temporary file + rename), after everything else."""
+    path = Path(path)
+    tmp = path / (COMPLETE_FILE + ".tmp")
+    files = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file() and f != tmp)
+    with open(tmp, "w") as fh:
+        json.dump({"step": step, "files": files}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path / COMPLETE_FILE)
 
 
 class TokenizedDataset(Dataset[dict[str, Any]]):
@@ -85,6 +131,7 @@ class StllmTrainer(Trainer):
         self._counts: dict[str, int] = {}
         self._bad_media_total = 0
         self._window_start = time.perf_counter()
+        self._nonfinite: str | None = None  # what went non-finite in this step (set by compute_loss)
 
     # ------------------------------------------------------------------------------------------------ data
     def get_train_dataloader(self) -> DataLoader:
@@ -105,9 +152,9 @@ class StllmTrainer(Trainer):
             world_size=self.args.world_size,
         )
         if len(sampler) == 0:
-            raise ValueError(
-                f"no full batch of {self.args.per_device_train_batch_size} per rank in datasets of "
-                f"sizes {sizes} (world size {self.args.world_size}); lower the batch size"
+            raise ConfigError(
+                f"train.per_device_train_batch_size={self.args.per_device_train_batch_size}: no full batch per "
+                f"rank in datasets of sizes {sizes} (world size {self.args.world_size}); lower the batch size"
             )
         self.batch_sampler = sampler
         self._window_start = time.perf_counter()  # throughput windows start with training, not with setup
@@ -161,6 +208,11 @@ class StllmTrainer(Trainer):
             base.seed_masking(self.args.seed * 1_000_003 + step * 1_024 + self._micro_step)
             self._micro_step += 1
         outputs = model(**inputs)
+        if model.training and self._nonfinite is None and not bool(torch.isfinite(outputs.loss.detach()).all()):
+            # the Trainer's log would show 0 here (logging_nan_inf_filter); DivergenceCallback stops at this step
+            parts = {n: getattr(outputs, n, None) for n in ("lm_loss", "mvm_loss")}
+            shown = ", ".join(f"{n} {float(v.detach()):.4g}" for n, v in parts.items() if v is not None)
+            self._nonfinite = f"the loss is {float(outputs.loss.detach())}" + (f" ({shown})" if shown else "")
         if model.training:
             video_tokens = int((inputs["input_ids"] == base.config.video_token_id).sum())
             self._add("samples", inputs["input_ids"].shape[0])
@@ -205,6 +257,63 @@ class StllmTrainer(Trainer):
         super().log(logs, start_time)
 
 
+def nonfinite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first trainable parameter holding NaN/inf, or None (one device sync for all of them).
+
+    Only trainable parameters change in a step. Under ZeRO-3 a parameter's local data is empty and its shard is
+    `ds_tensor`; each rank checks its own shard.
+    """
+    names, flags = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        data = p.data if p.numel() > 0 else getattr(p, "ds_tensor", p.data)
+        if data.numel() > 0:
+            names.append(name)
+            flags.append(torch.isfinite(data).all())
+    if not flags:
+        return None
+    ok = torch.stack(flags)  # (n_params,) bool
+    if bool(ok.all()):
+        return None
+    return names[int((~ok).nonzero()[0, 0])]
+
+
+class DivergenceCallback(TrainerCallback):
+    """on_step_end (after the optimizer step, before the Trainer logs or saves) -> TrainingDivergedError when this
+    step's loss or the updated weights are not finite.
+
+    The recipes do not clip gradients (docs/faithfulness.md Q19), so a NaN/inf gradient reaches the weights
+    through AdamW; checking the trainable weights after the step catches it, and checking the loss catches a
+    NaN forward. Raising here means nothing from this step is saved: the newest checkpoint stays the last finite
+    one. Every rank takes the same decision (one flag summed over ranks), so none is left waiting in a collective.
+    """
+
+    def __init__(self, trainer: StllmTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.trainer
+        problem = trainer._nonfinite
+        if problem is None:
+            name = nonfinite_parameter(trainer._stllm_model())
+            if name is not None:
+                problem = f"parameter {name} is not finite after the optimizer step (a NaN/inf gradient)"
+        if args.world_size > 1:
+            flag = torch.tensor([0.0 if problem is None else 1.0], device=args.device)
+            total = trainer.accelerator.reduce(flag, reduction="sum")
+            if isinstance(total, torch.Tensor) and float(total.sum()) > 0 and problem is None:
+                problem = "another rank's loss or weights are not finite"
+        if problem is None:
+            return
+        complete = [p for _, p, ok in checkpoints(args.output_dir) if ok]
+        kept = f"the newest complete checkpoint is {complete[-1].name}" if complete else "no checkpoint was saved"
+        raise TrainingDivergedError(
+            f"training diverged at step {state.global_step} ({args.output_dir}): {problem}; nothing from this "
+            f"step was saved, {kept}; lower train.learning_rate (now {args.learning_rate:g})"
+        )
+
+
 class DataEpochCallback(TrainerCallback):
     """on_epoch_begin -> the sampler and datasets get the pass number (also right after a mid-epoch resume)."""
 
@@ -216,10 +325,17 @@ class DataEpochCallback(TrainerCallback):
 
 
 class SaveExtrasCallback(TrainerCallback):
-    """on_save -> the processor's tokenizer files and the resolved config into each checkpoint dir (rank 0)."""
+    """on_save -> the processor's tokenizer files and the resolved config into each checkpoint dir, then its
+    completion marker (written last), then the rotation of old checkpoints (rank 0).
 
-    def __init__(self, processor: StllmProcessor, config: Any) -> None:
-        self.processor, self.config = processor, config
+    The rotation is ours, not the Trainer's (run.py passes save_total_limit=None to TrainingArguments): the
+    Trainer rotates before on_save, so with save_total_limit=1 a kill between its rotation and our marker would
+    leave no complete checkpoint at all. Here the new checkpoint is marked complete first; only then are older
+    complete ones beyond `save_total_limit` removed, and leftovers of killed saves older than it.
+    """
+
+    def __init__(self, processor: StllmProcessor, config: Any, save_total_limit: int | None = None) -> None:
+        self.processor, self.config, self.save_total_limit = processor, config, save_total_limit
 
     def save_into(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -231,6 +347,19 @@ class SaveExtrasCallback(TrainerCallback):
             checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if checkpoint.is_dir():
                 self.save_into(checkpoint)
+                mark_complete(checkpoint, state.global_step)
+                self.rotate(args.output_dir, state.global_step)
+
+    def rotate(self, output_dir: str | os.PathLike, current: int) -> None:
+        """Keep the newest `save_total_limit` complete checkpoints; drop incomplete ones older than `current`."""
+        found = checkpoints(output_dir)
+        complete = [p for _, p, ok in found if ok]
+        doomed = [p for step, p, ok in found if not ok and step < current]
+        if self.save_total_limit is not None and self.save_total_limit > 0:
+            doomed += complete[: max(len(complete) - self.save_total_limit, 0)]
+        for path in doomed:
+            logger.info("deleting %s (save_total_limit=%s)", path, self.save_total_limit)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class ConsoleLogCallback(TrainerCallback):
