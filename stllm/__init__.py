@@ -7,6 +7,10 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
+from stllm import quiet  # noqa: E402 - library messages the user cannot act on, silenced once (stllm/quiet.py)
+
+quiet.install()
+
 
 def code_version() -> dict[str, str | None]:
     """stllm.__version__ and the git commit of the source tree when it is a git checkout (recorded in results)."""

@@ -131,8 +131,8 @@ BAD_CASES = {
     "missing": (lambda m: m["root"] / "nope.mp4", "file not found"),
     "empty": (lambda m: _file(m["root"], "empty.mp4", b""), "empty file"),
     "text": (lambda m: _file(m["root"], "text.mp4", b"not a video\n"), "cannot open"),
-    "truncated": (lambda m: _truncated(m["mp4"], m["root"]), "cannot open"),
-    "truncated_faststart": (lambda m: _truncated_faststart(m["root"]), "cannot"),
+    "truncated": (lambda m: _truncated(m["mp4"], m["root"]), "truncated file"),
+    "truncated_faststart": (lambda m: _truncated_faststart(m["root"]), "truncated file"),
 }
 
 

@@ -110,3 +110,38 @@ def test_run_command_validation(tiny_model_dir, video):
     for bad in ("/beams 0", "/frames x", "/temperature -1", "/beams"):
         with pytest.raises(ValueError):
             demo.run_command(chat, bad)
+
+
+def test_quickstart_report_prints_a_chat_command_that_runs(tiny_model_dir, tmp_path, monkeypatch):
+    """The quickstart's last lines: a chat command on its `all` model and a held-out clip, and the right answer.
+    Run here with the tiny model in the model's place (the answer of a trained model: docs/demo.md)."""
+    import json
+    import shlex
+    import shutil
+
+    from stllm.quickstart.run import chat_hint
+
+    out = tmp_path / "runs" / "quickstart"
+    (out / "data" / "eval" / "json").mkdir(parents=True)
+    item = {"video": "direction_0000.mp4", "question": "Which direction does the square move?"}
+    item |= {"candidates": ["left", "right"], "answer": "right"}
+    (out / "data" / "eval" / "json" / "direction.json").write_text(json.dumps([item]))
+    (out / "data" / "eval" / "videos").mkdir()
+    write_video(out / "data" / "eval" / "videos" / "direction_0000.mp4", n=24)
+    shutil.copytree(tiny_model_dir, out / "models" / "all")
+    monkeypatch.chdir(tmp_path)
+    hint = chat_hint(out)
+    assert "Best option:(B) right" in hint and "--no-system" in hint and "--answer-prefix 'Best option:('" in hint
+    lines = hint.splitlines()
+    start = next(i for i, line in enumerate(lines) if "python -m stllm chat" in line)
+    command = (lines[start].rstrip("\\") + lines[start + 1]).strip()
+    assert "--model runs/quickstart/models/all" in command  # relative to where the user stands
+    args = shlex.split(command)[3:]  # after "python -m stllm"
+    proc = subprocess.run(
+        [sys.executable, "-m", "stllm", *args, "--max-new-tokens", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("Best option:("), proc.stderr[-2000:]

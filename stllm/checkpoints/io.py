@@ -122,15 +122,19 @@ def _load_pickle(path: Path) -> dict:
     return obj
 
 
-def _check_safetensors(path: Path) -> None:
-    """Header and size check, so that a truncated file fails here and not half-way through a conversion."""
+def check_safetensors(path: str | Path) -> dict:
+    """A safetensors file -> its header, after checking that the file holds every byte the header describes, so that
+    a truncated file fails here (one line naming it) and not half-way through a conversion or a load."""
+    path = Path(path)
     size = path.stat().st_size
-    with path.open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
+    header, n = _read_header(path, size)
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end != size:
         raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, the header describes {8 + n + end})")
+    return header
+
+
+_check_safetensors = check_safetensors  # the name the readers below used
 
 
 def iter_shard(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
@@ -198,8 +202,32 @@ def _checked(shard: Path, keys: set[str] | None) -> Iterator[tuple[str, torch.Te
         )
 
 
+def _read_header(path: Path, size: int) -> tuple[dict, int]:
+    """(header dict, header length). The first 8 bytes of any file read as a length: check it against the file's
+    size before reading (a pytorch_model.bin read this way asked for exabytes: MemoryError)."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file ({size} bytes, shorter than a header)")
+        (n,) = struct.unpack("<Q", head)
+        if n == 0 or n > size - 8:
+            raise CheckpointError(f"{path}: not a safetensors file (header length {n} does not fit in {size} bytes)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not a safetensors file (unreadable header: {type(err).__name__})") from err
+    fields = {"dtype", "shape", "data_offsets"}
+    if not isinstance(header, dict) or not all(
+        name == "__metadata__" or (isinstance(info, dict) and fields <= info.keys()) for name, info in header.items()
+    ):
+        raise CheckpointError(f"{path}: not a safetensors file (the header is not a table of tensors)")
+    return header, n
+
+
 def safetensors_header(path: str | Path) -> dict:
-    """The JSON header of a safetensors file (names, dtypes, shapes, offsets), without reading tensors."""
-    with Path(path).open("rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))
+    """The JSON header of a safetensors file (names, dtypes, shapes, offsets), without reading tensors.
+
+    CheckpointError (naming the file) for a file that is not safetensors or whose header is cut off."""
+    path = Path(path)
+    return _read_header(path, path.stat().st_size)[0]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,9 @@ GIF_DEFAULT_FPS = 25.0  # docs/original.md §4.4: the original gif reader report
 try:  # docs/design.md decision 9: decord is optional; PyAV is the fallback with the same result
     import decord
 
+    # decord's bundled FFmpeg prints its own errors ("moov atom not found", "Invalid NAL unit size") straight to
+    # stderr; every failure reaches the user as one MediaError line instead, so keep FFmpeg quiet (PyAV already is)
+    decord.logging.set_level(decord.logging.QUIET)
     HAVE_DECORD = True
 except ImportError:  # pragma: no cover - depends on the install
     decord = None
@@ -78,11 +83,17 @@ def read_clip(
         raise ValueError(f"unknown video backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if not os.path.exists(path):
         raise MediaError(path, "file not found")
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # a FIFO or a device would block the decoder forever (or stream without end)
+        raise MediaError(path, "not a regular file (a FIFO, device or socket); give a video file or a frame folder")
     auto = backend == "auto"
     if auto:
         backend = detect_backend(path)
-    if os.path.isfile(path) and os.path.getsize(path) == 0:
+    if stat.S_ISREG(mode) and os.path.getsize(path) == 0:
         raise MediaError(path, "empty file (0 bytes)")
+    if backend in ("decord", "pyav"):
+        _check_mp4_boxes(path)
     if backend == "decord" and not HAVE_DECORD:
         raise MediaError(path, "decord is not installed (use backend='pyav')")
     if backend == "frames":
@@ -107,6 +118,35 @@ def read_clip(
     return clip
 
 
+def _check_mp4_boxes(path: str) -> None:
+    """MP4/MOV family (first box "ftyp"): the top-level boxes must fit in the file. A copy cut short (an interrupted
+    download) with its index at the front ("faststart") still opens, and decoders then read it as a shorter video:
+    refuse it instead. Other containers are checked by frame count in _read_pyav."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8 or head[4:8] != b"ftyp":
+            return
+        offset = 0
+        while offset + 8 <= size:
+            f.seek(offset)
+            box_size, kind = struct.unpack(">I4s", f.read(8))
+            if box_size == 1:  # 64-bit size follows the type
+                (box_size,) = struct.unpack(">Q", f.read(8))
+            elif box_size == 0:  # the box runs to the end of the file
+                return
+            if box_size < 8:
+                raise MediaError(path, f"corrupt MP4: box {kind!r} at byte {offset} declares {box_size} bytes")
+            if offset + box_size > size:
+                name = kind.decode("latin-1")
+                raise MediaError(
+                    path,
+                    f"truncated file: its '{name}' box ends at byte {offset + box_size:,} but the file has {size:,} "
+                    f"bytes ({100 * size / (offset + box_size):.0f}% of the data); download or copy it again",
+                )
+            offset += box_size
+
+
 def _sample(path: str, sampling: FrameSampling, total: int, fps: float, rng: Rng, first_idx: int = 0) -> list[int]:
     if total <= 0:
         raise MediaError(path, "no frames")
@@ -122,6 +162,9 @@ def _read_decord(path: str, sampling: FrameSampling, rng: Rng, num_threads: int 
         fps = fps_or_default(float(vr.get_avg_fps()), 30.0)
     except Exception as err:  # decord raises a bare RuntimeError / DECORDError for every open failure
         raise MediaError(path, f"cannot open video with decord ({type(err).__name__}: {_short(err)})") from err
+    if total > 0:
+        covered = float(vr.get_frame_timestamp(total - 1)[1])  # end time of the last frame, seconds
+        _check_complete(path, _declared_by_header(path), total, covered, fps)
     indices = _sample(path, sampling, total, fps, rng)
     try:
         frames = vr.get_batch(indices).asnumpy()  # (T, H, W, 3) uint8
@@ -161,6 +204,9 @@ def _read_pyav(path: str, sampling: FrameSampling, rng: Rng, num_threads: int = 
         rate = stream.average_rate or stream.guessed_rate
         fps = fps_or_default(float(rate) if rate else None, 30.0)
         total = len(pts)
+        if pts and stream.time_base:
+            covered = (pts[-1] - (stream.start_time or 0)) * float(stream.time_base) + 1.0 / fps
+            _check_complete(path, _declared(container, stream), len(pts), covered, fps)
         indices = _sample(path, sampling, total, fps, rng)
         wanted = sorted(set(indices))
         wanted_set = set(wanted)
@@ -196,6 +242,46 @@ def _read_pyav(path: str, sampling: FrameSampling, rng: Rng, num_threads: int = 
         raise MediaError(path, f"frames {missing[:4]} could not be decoded (truncated or corrupt stream?)")
     frames = np.stack([decoded[i] for i in indices])  # (T, H, W, 3) uint8
     return VideoClip(frames, indices, fps, total, total / fps, path, "video")
+
+
+def _declared(container, stream) -> tuple[int, float | None]:
+    """What a container's header says the video stream holds: (frame count or 0, seconds or None)."""
+    frames = int(stream.frames or 0)
+    if stream.duration and stream.time_base:
+        return frames, float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:  # Matroska/WebM: only the segment's duration
+        return frames, container.duration / 1e6  # AV_TIME_BASE units
+    return frames, None
+
+
+def _check_complete(path: str, declared: tuple[int, float | None], n_read: int, covered: float, fps: float) -> None:
+    """Frames a decoder can read vs what the container declares (frame count, else duration): fewer means the file
+    was cut short, and sampling it would answer from part of the video. covered: seconds up to the last frame's end."""
+    frames, seconds = declared
+    if frames > 0:
+        if n_read < frames:
+            problem = f"truncated file: the container declares {frames} frames but only {n_read} can be read"
+            raise MediaError(path, problem)
+        return
+    # tolerance: two frames or 5%, whichever is larger (containers round durations; streams may start late)
+    if seconds is not None and covered < seconds - max(2.0 / fps, 0.05 * seconds):
+        problem = f"truncated file: the stream declares {seconds:.2f} s but its frames end at {covered:.2f} s"
+        raise MediaError(path, problem)
+
+
+def _declared_by_header(path: str) -> tuple[int, float | None]:
+    """The container header's frame count and duration, read with PyAV without demuxing ((0, None) if unreadable:
+    decord then decides alone)."""
+    import av
+    from av.error import FFmpegError
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return 0, None
+            return _declared(container, container.streams.video[0])
+    except (FFmpegError, OSError, ValueError):
+        return 0, None
 
 
 def _read_gif(path: str, sampling: FrameSampling, rng: Rng) -> VideoClip:
@@ -266,6 +352,8 @@ def _read_frames(path: str, sampling: FrameSampling, rng: Rng, fps: float, max_s
 
 
 def _load_image(path: str) -> np.ndarray:
+    if not os.path.isfile(path):  # a FIFO or device named like a frame would block
+        raise MediaError(path, "not a regular file")
     try:
         with Image.open(path) as img:
             return np.array(img.convert("RGB"))  # (H, W, 3) uint8, writable

@@ -20,13 +20,14 @@ The single-turn prompt is byte-identical to evaluation's (`stllm.eval.prompts.bu
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import logging
 import queue
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ class ChatSettings:
     reencode_per_question: bool = False  # True: the original gradio demo (Q-Former text = each question)
     qformer_text: str | None = None  # None: the first question; a string: fixed text, encoded at upload
     resize: str = "pil"  # EvalTransform resize ("pil" exact, "torch" faster)
+    # text the assistant's turn starts with, shown in front of the answer (MVBench and the quickstart's models:
+    # "Best option:(", docs/original.md §7.2); "" in the original demos
+    answer_prefix: str = ""
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(
@@ -93,6 +97,43 @@ class ChatSettings:
             repetition_penalty=self.repetition_penalty,
             max_length=self.max_length,
         )
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """argparse type: an integer >= low (frames, beams, new tokens), else a one-line usage error (exit status 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the smallest allowed value, {low}")
+        return value
+
+    return parse
+
+
+def non_negative(text: str) -> float:
+    """argparse type for --temperature: a number >= 0 (0 = greedy / beam search), as the chat's /temperature."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0 (0 = greedy / beam search)")
+    return value
+
+
+def positive(text: str) -> float:
+    """argparse type for --repetition-penalty: a finite number > 0 (1 = no penalty)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0 (1 = no penalty)")
+    return value
 
 
 def partial_answer(text: str) -> str:
@@ -251,6 +292,7 @@ class Chat:
             system=SYSTEM_INSTRUCTBLIP,
             minigpt4_system=SYSTEM_MINIGPT4,
             use_system=self.settings.use_system,
+            answer_prefix=self.settings.answer_prefix if style == "chat" else "",
         )
 
     def __deepcopy__(self, memo: dict) -> Chat:
@@ -309,8 +351,9 @@ class Chat:
         turns = [q for q, _ in history] + [question]
         prompt = build_prompt(self._human(turns[0]), self.prompt_config)
         gap = " " if self.prompt_config.style == "chat" else ""  # docs/faithfulness.md Q32: MiniGPT-4 base has no space
+        prefix = self.prompt_config.answer_prefix  # every assistant turn starts with it, as turn 1 does
         for (_, answer), q in zip(history, turns[1:]):
-            prompt += f"{answer}###Human: {self._human(q)}{gap}###Assistant: "
+            prompt += f"{answer}###Human: {self._human(q)}{gap}###Assistant: {prefix}"
         return prompt
 
     def _fit_prompt(self, question: str) -> str:
@@ -329,7 +372,8 @@ class Chat:
     def stream(self, question: str) -> Iterator[str]:
         """Question -> cumulative partial answers, the last one the final answer (added to the history).
 
-        Beam search cannot stream in transformers: with num_beams > 1 the full answer comes at once.
+        Beam search cannot stream in transformers: with num_beams > 1 the full answer comes at once. With an answer
+        prefix, every yielded text starts with it (the history keeps the generated part: the prompt holds the prefix).
         """
         question = question.strip()
         if not question:
@@ -356,10 +400,12 @@ class Chat:
                     streamer.close()
 
             threading.Thread(target=work, daemon=True, name="stllm-generate").start()
-            yield from streamer
+            prefix = self.prompt_config.answer_prefix
+            for partial in streamer:
+                yield prefix + partial
             answer = result["answer"]
         self.history.append((question, answer))
-        yield answer
+        yield self.prompt_config.answer_prefix + answer
 
     def ask(self, question: str) -> str:
         """Question -> final answer (non-streaming convenience)."""

@@ -4,7 +4,8 @@
     python -m stllm chat --model DIR --video PATH                      # interactive, multi-turn
     python -m stllm chat --model DIR --video PATH --question "..."     # one answer, then exit
 
-Interactive commands: /video PATH, /reset, /frames N, /temperature T, /beams K, /help, /quit.
+Interactive commands: /video PATH, /reset, /frames N, /temperature T, /beams K, /help, /quit. A typed "\\n" is a
+line break (multiple-choice questions put each option on its own line).
 Differences from the original demo.py: multi-turn, the video is encoded once, no double-wrapped prompt
 (docs/faithfulness.md Q12);
 see stllm/demo/engine.py.
@@ -21,7 +22,8 @@ from typing import TextIO
 import torch
 
 from stllm.data.video import MediaError
-from stllm.demo.engine import Chat, ChatEngine, ChatSettings, quiet_libraries
+from stllm.demo.engine import Chat, ChatEngine, ChatSettings, at_least, non_negative, positive, quiet_libraries
+from stllm.errors import StllmError
 
 logger = logging.getLogger(__name__)
 
@@ -31,28 +33,41 @@ HELP = """commands:
   /frames N          frames sampled from the video (the video is read again)
   /temperature T     sampling temperature (T > 0 turns sampling on; 0 = greedy/beam search)
   /beams K           beam width (K > 1 answers at once: beam search cannot stream)
+  a typed \\n         a line break in the question (e.g. "Question: ...\\nOptions:\\n(A) left\\n(B) right")
   /help              this text
   /quit              leave (Ctrl-D too)"""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Chat with an ST-LLM model about a video, in the terminal.")
+    p = argparse.ArgumentParser(
+        prog="python -m stllm chat", description="Chat with an ST-LLM model about a video, in the terminal."
+    )
     p.add_argument("--model", required=True, help="converted model directory (config.json + processor files)")
     p.add_argument("--video", required=True, help="video file (mp4, avi, webm, gif, ...)")
     p.add_argument("--question", default=None, help="ask one question, print the answer and exit")
-    p.add_argument("--frames", type=int, default=64, help="frames sampled from the video (original: 64)")
-    p.add_argument("--beams", type=int, default=5, help="beam width (original: 5; 1 streams token by token)")
+    p.add_argument("--frames", type=at_least(1), default=64, help="frames sampled from the video (original: 64)")
+    p.add_argument("--beams", type=at_least(1), default=5, help="beam width (original: 5; 1 streams token by token)")
     p.add_argument(
         "--temperature",
-        type=float,
+        type=non_negative,
         default=0.0,
         help="> 0 samples with this temperature; 0 (default) = greedy/beam search as the original",
     )
-    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=300)
     p.add_argument(
-        "--repetition-penalty", type=float, default=1.5, help="docs/faithfulness.md Q26: the original forced 1.5"
+        "--repetition-penalty", type=positive, default=1.5, help="docs/faithfulness.md Q26: the original forced 1.5"
     )
     p.add_argument("--single-turn", action="store_true", help="only the current question in the prompt (original)")
+    p.add_argument(
+        "--no-system",
+        action="store_true",
+        help="leave the system text out of the prompt (models trained without it, e.g. the quickstart's)",
+    )
+    p.add_argument(
+        "--answer-prefix",
+        default="",
+        help='text the answer starts with, e.g. "Best option:(" for multiple-choice models (MVBench, quickstart)',
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument(
         "--dtype",
@@ -92,6 +107,11 @@ def _set_int(chat: Chat, arg: str, name: str, setter: Callable[[int], None], low
         raise ValueError(f"{name} must be >= {low}")
     setter(value)
     return f"{name} = {value}"
+
+
+def typed_text(line: str) -> str:
+    """A question as typed on one line -> the question: each typed backslash-n is a line break."""
+    return line.replace("\\n", "\n")
 
 
 def run_command(chat: Chat, line: str) -> str | None:
@@ -147,7 +167,7 @@ def interactive(chat: Chat, inp: TextIO, out: TextIO) -> int:
                 continue
             out.write("ST-LLM: ")
             out.flush()
-            print_stream(chat, line, out)
+            print_stream(chat, typed_text(line), out)
         except (MediaError, ValueError) as err:
             out.write(f"error: {err}\n")
 
@@ -164,12 +184,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_new_tokens=args.max_new_tokens,
         repetition_penalty=args.repetition_penalty,
         single_turn=args.single_turn,
+        use_system=not args.no_system,
+        answer_prefix=args.answer_prefix,
     )
     apply_temperature(settings, args.temperature)
     try:
         engine = ChatEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    except (OSError, ValueError) as err:
-        print(f"error: cannot load the model from {args.model}: {err}", file=sys.stderr)
+    except (StllmError, OSError) as err:  # ModelLoadError names the folder and the problem
+        print(f"error: cannot load the model: {err}", file=sys.stderr)
         return 2
     chat = Chat(engine, settings)
     try:
@@ -179,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.question is not None:
         try:
-            print_stream(chat, args.question, sys.stdout)
+            print_stream(chat, typed_text(args.question), sys.stdout)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -26,7 +26,8 @@ import gradio as gr
 import torch
 
 from stllm.data.video import MediaError
-from stllm.demo.engine import Chat, ChatEngine, ChatSettings, quiet_libraries
+from stllm.demo.engine import Chat, ChatEngine, ChatSettings, at_least, positive, quiet_libraries
+from stllm.errors import StllmError
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ def make_handlers(engine: ChatEngine, defaults: ChatSettings, max_upload_mb: flo
         max_new_tokens: int,
     ) -> Iterator[tuple[Messages, str, str]]:
         history = list(history or [])
-        question = (question or "").strip()
+        question = (question or "").strip().replace("\\n", "\n")  # a typed \n is a line break, as in the terminal
         if state is None:
             yield history, question, NO_VIDEO
             return
@@ -175,16 +176,20 @@ def launch(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="A local gradio page to chat with an ST-LLM model about a video.")
+    p = argparse.ArgumentParser(
+        prog="python -m stllm web", description="A local gradio page to chat with an ST-LLM model about a video."
+    )
     p.add_argument("--model", required=True, help="converted model directory")
     p.add_argument("--examples", nargs="*", default=[], help="example videos offered on the page")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: this machine only)")
-    p.add_argument("--port", type=int, default=None, help="port (default: gradio picks 7860 or the next free)")
+    p.add_argument("--port", type=at_least(1), default=None, help="port (default: gradio picks 7860 or the next free)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
-    p.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload")
-    p.add_argument("--frames", type=int, default=64)
-    p.add_argument("--beams", type=int, default=5)
-    p.add_argument("--max-new-tokens", type=int, default=1000)
+    p.add_argument("--max-upload-mb", type=positive, default=200.0, help="largest accepted upload")
+    p.add_argument("--frames", type=at_least(1), default=64, help="frames sampled from the video (original: 64)")
+    p.add_argument("--beams", type=at_least(1), default=5, help="beam width (original: 5; 1 streams)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=1000)
+    p.add_argument("--no-system", action="store_true", help="leave the system text out of the prompt (quickstart)")
+    p.add_argument("--answer-prefix", default="", help='text the answer starts with, e.g. "Best option:("')
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     return p.parse_args(argv)
@@ -200,10 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         engine = ChatEngine.from_pretrained(args.model, device=args.device, dtype=args.dtype)
-    except (OSError, ValueError) as err:
-        print(f"error: cannot load the model from {args.model}: {err}", file=sys.stderr)
+    except (StllmError, OSError) as err:  # ModelLoadError names the folder and the problem
+        print(f"error: cannot load the model: {err}", file=sys.stderr)
         return 2
-    defaults = ChatSettings(num_frames=args.frames, num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+    defaults = ChatSettings(
+        num_frames=args.frames,
+        num_beams=args.beams,
+        max_new_tokens=args.max_new_tokens,
+        use_system=not args.no_system,
+        answer_prefix=args.answer_prefix,
+    )
     app = build_app(engine, args.examples, defaults, args.max_upload_mb)
     launch(app, args.host, args.port, args.share, args.max_upload_mb, args.examples)
     return 0

@@ -391,6 +391,43 @@ def report(
     print(_table("Answer accuracy (the option text the model writes after the letter), % correct", answers, None))
     print("\nevery question has two options in random order: chance is 50%")
     print(f"total time {timings['total']:.0f} s; chart: {chart}; results: {out / 'results.json'}")
+    print(chat_hint(out))
+
+
+def chat_hint(out: Path) -> str:
+    """The commands that open the terminal chat and the web page on the trained `all` model with a held-out
+    direction clip, and the answer it should give (the model answers in its training format: no system text,
+    "Best option:(" in front, the options on their own lines: typed as \\n in the terminal)."""
+    model = out / "models" / "all"
+    questions = out / "data" / "eval" / "json" / "direction.json"
+    if not questions.is_file():  # nothing to show (the report is printed after the data is drawn, so not expected)
+        return f"\nTalk to the trained model: python -m stllm chat --model {model} --video VIDEO (docs/demo.md)"
+    item = json.loads(questions.read_text())[0]
+    video = out / "data" / "eval" / "videos" / item["video"]
+    options = "\\n".join(f"({'AB'[i]}) {c}" for i, c in enumerate(item["candidates"]))
+    question = f"Question: {item['question']}\\nOptions:\\n{options}"
+    letter = "AB"[item["candidates"].index(item["answer"])]
+    flags = f"--frames {FRAMES} --beams 1 --no-system --answer-prefix 'Best option:('"
+    rel = _shown_path
+    return "\n".join(
+        [
+            "",
+            "Talk to the trained `all` model about a held-out clip (terminal; drop --question for a conversation):",
+            f"  python -m stllm chat --model {rel(model)} --video {rel(video)} {flags} \\",
+            f"      --question '{question}'",
+            f"  the right answer: Best option:({letter}) {item['answer']} (the full quickstart's model gives it)",
+            "or on a local web page (http://127.0.0.1:7860; type the same question, \\n between the lines):",
+            f"  python -m stllm web --model {rel(model)} {flags} --examples {rel(video)}",
+        ]
+    )
+
+
+def _shown_path(path: Path) -> str:
+    """A path as the user would type it from the current directory (relative when under it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def _chart(
