@@ -9,7 +9,6 @@ Load with `stllm.config.load_config(EvalConfig, path, overrides)`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from stllm.config import ConfigError
 from stllm.generation import GenerationConfig
@@ -80,7 +79,7 @@ class JudgeConfig:
     base_url: str = "https://api.openai.com/v1"
     model: str = "gpt-3.5-turbo"  # the original: unversioned gpt-3.5-turbo
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (the key is never stored)
-    temperature: Optional[float] = None  # None = field not sent (API default), as the original
+    temperature: float | None = None  # None = field not sent (API default), as the original
     concurrency: int = 3  # the original ran --num_tasks 3 chunks
     max_retries: int = 5  # docs/faithfulness.md Q33 [FIX]: bounded (the original retried forever)
     backoff: float = 1.0  # first retry wait (s), doubled each retry

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlparse
 
 from tqdm import tqdm
@@ -50,7 +50,7 @@ def build_messages(prompt: JudgePrompt, values: dict[str, str]) -> list[dict[str
     return [{"role": "system", "content": fill(prompt.system)}, {"role": "user", "content": fill(prompt.user)}]
 
 
-def parse_reply(text: str, keys: Sequence[str]) -> tuple[Optional[dict[str, Any]], str]:
+def parse_reply(text: str, keys: Sequence[str]) -> tuple[dict[str, Any] | None, str]:
     """Judge reply -> ({key: value}, how) or (None, why). Like the original, ast.literal_eval of the dict string
     first; then the first {...} in the text as a Python/JSON dict; then a regex for 'score': N / 'pred': 'yes'."""
     candidates = [(text.strip(), "literal_eval")]
@@ -82,7 +82,7 @@ def parse_reply(text: str, keys: Sequence[str]) -> tuple[Optional[dict[str, Any]
     return None, f"malformed reply (no {', '.join(missing) or 'usable value'})"
 
 
-def valid_result(obj: Any, keys: Sequence[str]) -> Optional[dict[str, Any]]:
+def valid_result(obj: Any, keys: Sequence[str]) -> dict[str, Any] | None:
     """A stored verdict (cache entry) -> the same verdict if it still passes the rules of a fresh reply, else None."""
     if not isinstance(obj, dict) or not all(k in obj for k in keys):
         return None
@@ -117,8 +117,8 @@ def _normalise(obj: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
 class Verdict:
     """One judged request: parsed result or the reason it failed (after retries), and whether it hit the cache."""
 
-    result: Optional[dict[str, Any]]
-    error: Optional[str] = None
+    result: dict[str, Any] | None
+    error: str | None = None
     cached: bool = False
     attempts: int = 0
     parse: str = ""
@@ -196,7 +196,7 @@ class MalformedReply(ValueError):
 class JudgeClient:
     """POST {base_url}/chat/completions; thread-safe; cache in cache_dir (one JSON file per sha256 key)."""
 
-    def __init__(self, cfg: JudgeConfig, api_key: Optional[str], cache_dir: Path):
+    def __init__(self, cfg: JudgeConfig, api_key: str | None, cache_dir: Path):
         self.cfg = cfg
         self._key = api_key
         self.cache_dir = Path(cache_dir)
@@ -256,7 +256,7 @@ class JudgeClient:
             raise MalformedReply(f"message content is {type(content).__name__}, not text")
         return content
 
-    def _wait(self, attempt: int, retry_after: Optional[str]) -> None:
+    def _wait(self, attempt: int, retry_after: str | None) -> None:
         delay = self.cfg.backoff * (2**attempt)
         if retry_after:
             try:
@@ -321,7 +321,7 @@ class JudgeClient:
         self, requests: Sequence[tuple[list[dict[str, str]], Sequence[str]]], desc: str = "judge"
     ) -> list[Verdict]:
         """Judge requests concurrently (cfg.concurrency threads); order of the results = order of the requests."""
-        out: list[Optional[Verdict]] = [None] * len(requests)
+        out: list[Verdict | None] = [None] * len(requests)
         with (
             ThreadPoolExecutor(max_workers=max(1, self.cfg.concurrency)) as pool,
             tqdm(total=len(requests), desc=desc) as bar,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from stllm.eval.config import JudgeConfig
 
@@ -43,14 +43,14 @@ def check_ans(pred: str, gt: str) -> bool:
     return pred_option.replace(".", "") in gt_option or gt_option in pred_option
 
 
-def record_error(rec: dict[str, Any]) -> Optional[str]:
+def record_error(rec: dict[str, Any]) -> str | None:
     """Why a prediction record is not scored: a phase-1 error (unreadable video) or an item error found by the reader
     (extra["item_error"], e.g. an MVBench window whose end lies before its start); None for a scorable record."""
     extra = rec.get("extra")
     return rec.get("error") or (extra.get("item_error") if isinstance(extra, dict) else None) or None
 
 
-def option_letter(text: str) -> Optional[str]:
+def option_letter(text: str) -> str | None:
     """Strict reading: the text must open with "(X)", the option letter in parentheses in either case, followed by
     the end, a space or punctuation -> "X" (upper case). "(b)" is read as "B": the case carries no meaning, while
     "(", "(b", "b)" and "(b)xyz" (accepted by the loose match) are not options in this form."""
@@ -64,7 +64,7 @@ def check_ans_strict(pred: str, gt: str) -> bool:
     return p is not None and p == g
 
 
-def _pct(num: float, den: float) -> Optional[float]:
+def _pct(num: float, den: float) -> float | None:
     return 100.0 * num / den if den else None
 
 
@@ -190,7 +190,7 @@ def degenerate_predictions(records: Iterable[dict[str, Any]], mcqa: bool) -> dic
     }
 
 
-def aggregate_scores(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:
+def aggregate_scores(verdicts: Iterable[tuple[str, dict[str, Any] | None]]) -> dict[str, dict[str, Any]]:
     """(aspect, parsed verdict or None if the judge failed) -> per aspect: mean of int(score) over judged items,
     judged count, failure count (failures are excluded from the mean, docs/faithfulness.md Q33 fix: never scored as
     0)."""
@@ -207,7 +207,7 @@ def aggregate_scores(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]]) -
     return out
 
 
-def score_vcgbench(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]], item_errors: int = 0) -> dict[str, Any]:
+def score_vcgbench(verdicts: Iterable[tuple[str, dict[str, Any] | None]], item_errors: int = 0) -> dict[str, Any]:
     """Five aspect means (docs/original.md §7.3) and their mean (over the aspects that have a score)."""
     aspects = aggregate_scores(verdicts)
     ordered = {k: aspects[k] for k in VCG_ORDER if k in aspects}
@@ -220,7 +220,7 @@ def score_vcgbench(verdicts: Iterable[tuple[str, Optional[dict[str, Any]]]], ite
     }
 
 
-def score_open_qa(verdicts: Iterable[Optional[dict[str, Any]]], item_errors: int = 0) -> dict[str, Any]:
+def score_open_qa(verdicts: Iterable[dict[str, Any] | None], item_errors: int = 0) -> dict[str, Any]:
     """docs/original.md §7.4 (evaluate_activitynet_qa.py): "yes" in pred.lower() -> yes, elif "no" in ... -> no;
     accuracy = yes / (yes + no) (reported in %); average score = score_sum / count, count including items whose
     pred is neither. Judge failures are excluded from both and counted."""

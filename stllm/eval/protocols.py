@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from stllm.config import ConfigError
 from stllm.errors import StllmError
@@ -48,15 +48,15 @@ class EvalItem:
     question: str
     answer: str
     candidates: list[str] = field(default_factory=list)
-    start: Optional[float] = None
-    end: Optional[float] = None
+    start: float | None = None
+    end: float | None = None
     media_type: str = "video"  # video | frame | gif
     media_fps: float = 0.0  # frame folders / gifs (docs/original.md §7.2: 3 for tvqa frames, 25 for gifs)
     frame_rule: str = "uniform_middle"
     extra: dict[str, Any] = field(default_factory=dict)
     # reason this item cannot be answered (an item error, counted, never scored); also kept in
     # extra["item_error"] so that the reason travels with the prediction record to phase 2
-    error: Optional[str] = None
+    error: str | None = None
 
 
 def _path(cfg: EvalConfig, rel: str) -> Path:
@@ -216,7 +216,7 @@ def read_mvbench(cfg: EvalConfig) -> list[EvalItem]:
     return items
 
 
-def _find_video(video_dir: Path, name: str, extensions: list[str]) -> Optional[Path]:
+def _find_video(video_dir: Path, name: str, extensions: list[str]) -> Path | None:
     for ext in extensions:
         cand = video_dir / f"{name}{ext}"
         if cand.exists():
@@ -252,7 +252,7 @@ def read_vcgbench(cfg: EvalConfig) -> list[EvalItem]:
     """
     video_dir = _video_dir(cfg)
     items: list[EvalItem] = []
-    previous: Optional[Path] = None
+    previous: Path | None = None
     files = dict(cfg.question_files)
     if cfg.only_tasks:
         unknown = [t for t in cfg.only_tasks if t not in files]

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from stllm import code_version
 from stllm.config import ConfigError, config_to_dict, load_config
@@ -80,7 +80,7 @@ def describe_frames(frames: dict[str, Any]) -> str:
     return f"{rule}; {size} px"
 
 
-def _fmt(x: Optional[float], digits: int = 2) -> str:
+def _fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
@@ -101,7 +101,7 @@ def judge_records(records: list[dict[str, Any]], cfg: EvalConfig, cache_dir: Pat
 
 def compute_metrics(
     records: list[dict[str, Any]], cfg: EvalConfig, cache_dir: Path
-) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """-> (metrics, judge info or None); metrics["degenerate"] counts empty / degenerate predictions."""
     degenerate = degenerate_predictions(records, cfg.type == "mcqa")
     if cfg.type == "mcqa":
@@ -227,7 +227,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def score(predictions: Path, cfg: EvalConfig, output_dir: Optional[Path] = None) -> dict[str, Any]:
+def score(predictions: Path, cfg: EvalConfig, output_dir: Path | None = None) -> dict[str, Any]:
     """Score a predictions.jsonl; writes results.json / results.md / results_<benchmark>.png; returns results."""
     if not predictions.is_file():
         raise ScoreInputError(f"predictions file not found: {predictions} (run `python -m stllm eval` first)")
@@ -269,7 +269,7 @@ def score(predictions: Path, cfg: EvalConfig, output_dir: Optional[Path] = None)
     return results
 
 
-def failure_summary(results: dict[str, Any]) -> Optional[str]:
+def failure_summary(results: dict[str, Any]) -> str | None:
     """One line when nothing could be scored (every item an error, or every judge call failed), else None."""
     m, judge = results["metrics"], results.get("judge")
     n = results["n_records"]
@@ -284,7 +284,7 @@ def failure_summary(results: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m stllm score", description=__doc__.splitlines()[0] if __doc__ else None
     )

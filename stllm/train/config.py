@@ -18,7 +18,7 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from stllm.config import ConfigError, load_config
 from stllm.data.config import DataConfig, annotation_path, resolve_catalog
@@ -127,26 +127,26 @@ class TrainSection:
     max_grad_norm: float = 0.0
     bf16: bool = True
     fp16: bool = False
-    tf32: Optional[bool] = None  # docs/original.md §5.3 sets False; None leaves the backend default (CPU has no TF32)
+    tf32: bool | None = None  # docs/original.md §5.3 sets False; None leaves the backend default (CPU has no TF32)
     gradient_checkpointing: bool = True  # docs/original.md §5.3 use_grad_checkpoint
     logging_steps: float = 50
     logging_first_step: bool = False
     save_strategy: str = "epoch"
     save_steps: float = 500
-    save_total_limit: Optional[int] = 1
+    save_total_limit: int | None = 1
     save_only_model: bool = False
     dataloader_num_workers: int = 4
     dataloader_pin_memory: bool = True
     dataloader_persistent_workers: bool = False
     seed: int = 42
-    deepspeed: Optional[str] = None  # path of a DeepSpeed JSON (configs/deepspeed/*.json)
+    deepspeed: str | None = None  # path of a DeepSpeed JSON (configs/deepspeed/*.json)
     report_to: str = "none"  # none | tensorboard | wandb | "tensorboard,wandb"
-    run_name: Optional[str] = None
+    run_name: str | None = None
     use_cpu: bool = False
-    ddp_backend: Optional[str] = None  # gloo for CPU runs
+    ddp_backend: str | None = None  # gloo for CPU runs
     ddp_timeout: int = 1800
-    ddp_find_unused_parameters: Optional[bool] = None
-    disable_tqdm: Optional[bool] = None
+    ddp_find_unused_parameters: bool | None = None
+    disable_tqdm: bool | None = None
     full_determinism: bool = False
     torch_compile: bool = False
 
