@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench convert": ("stllm.checkpoints.bench", "full-size checkpoint conversion: peak memory and time"),
     "bench train": ("stllm.train.bench", "training step time without masking / masking / masking + MVM"),
     "bench eval": ("stllm.eval.bench", "eval loop: wall vs decode + model time, items/s by batch, 16/64 frames"),
-    "bench gpu": ("stllm.train.bench_gpu", "full-size numerics, training, evaluation and chat figures on one GPU"),
+    "bench gpu": ("stllm.bench_gpu", "full-size numerics, training, evaluation and chat figures on one GPU"),
     "estimate": ("stllm.train.estimate", "memory per GPU and settings for a recipe: estimate CONFIG --gpus N"),
 }
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from stllm.train.bench_gpu import CANDIDATES, QUESTION, device_peak_flops, load_protocol, main, mcqa_text
+from stllm.bench_gpu import CANDIDATES, QUESTION, device_peak_flops, load_protocol, main, mcqa_text
 from tests.faults import REPO, assert_user_error, run_cli
 
 TRAIN_FIELDS = {"attention", "checkpointing", "batch", "status"}
@@ -65,7 +65,7 @@ def test_full_size_run_on_cuda(tmp_path):
 
 @pytest.mark.parametrize("name", ["mvbench", "vcgbench"])
 def test_prompts_are_the_evaluation_harness_prompts(name):
-    """bench gpu builds its prompts without importing stllm.eval (import order): they must equal the harness's."""
+    """bench gpu measures the harness's own prompts and decoding, read from the benchmark YAMLs."""
     from stllm.config import load_config
     from stllm.eval.config import EvalConfig
     from stllm.eval.prompts import build_prompt, mcqa_question

@@ -171,9 +171,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_data_config(args.config, args.overrides)  # a ConfigError is stllm.cli's to report (one line, exit 2)
     if not cfg.datasets:
         raise ConfigError(f"{args.config}: defines no datasets (data.datasets is empty)")
-    logging.getLogger("stllm.data").setLevel(logging.ERROR)  # the table reports what the readers would log
     print(f"data_root: {cfg.data_root or '(cwd)'}   anno_root: {cfg.anno_root or '(data_root)'}")
-    reports = [check_dataset(cfg, spec, None if args.all else args.sample) for spec in cfg.datasets]
+    data_logger = logging.getLogger("stllm.data")
+    level = data_logger.level
+    data_logger.setLevel(logging.ERROR)  # the table reports what the readers would log
+    try:
+        reports = [check_dataset(cfg, spec, None if args.all else args.sample) for spec in cfg.datasets]
+    finally:
+        data_logger.setLevel(level)  # main(argv) may run inside a longer-lived process
     print(format_table(reports, args.max_bad))
     failed = [r for r in reports if r.required and r.status(args.max_bad) in ("ABSENT", "BROKEN")]
     for r in reports:

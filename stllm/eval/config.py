@@ -44,7 +44,8 @@ class FramesConfig:
     num_frames: int = 16  # mvbench rule: 0 => fps-1 rule (clip seconds, floored, clamped to [min_frames, max_frames])
     min_frames: int = 4
     max_frames: int = 16
-    size: int = 224  # resize shorter side (bicubic) + center crop, CLIP mean/std (docs/original.md §7.1)
+    # resize shorter side (bicubic) + center crop, CLIP mean/std (docs/original.md §7.1); 0 = the model's input size
+    size: int = 0
 
 
 @dataclass

@@ -55,16 +55,19 @@ from typing import Any, cast
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stllm.config import ConfigError, load_config, read_yaml
-from stllm.data.processor import VIDEO_PLACEHOLDER, StllmProcessor
+from stllm.config import ConfigError, load_config
+from stllm.data.processor import StllmProcessor
+from stllm.eval.config import EvalConfig
+from stllm.eval.prompts import build_prompt, mcqa_question
 from stllm.generation import GenerationConfig
 from stllm.inference import generate_raw, resolve_dtype
 from stllm.models.configuration import StllmConfig, preset_config
 from stllm.models.modeling import StllmForConditionalGeneration
+from stllm.testing import train_llama_tokenizer, write_bert_vocab
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 EVAL_CONFIGS = REPO / "configs" / "eval"
 MVBENCH_ITEMS = 4000  # MVBench: 20 tasks x 200 questions
 
@@ -181,87 +184,37 @@ def make_processor(cfg: StllmConfig, workdir: Path, prompt_text: Sequence[str]) 
     """Offline tokenizers (stllm.testing's, trained on the benchmark prompts) for `cfg`'s token layout."""
     sp = workdir / "tokenizer.model"
     if not sp.is_file():
-        _offline_tokenizers(workdir, prompt_text)
+        train_llama_tokenizer(sp, prompt_text)
+        write_bert_vocab(workdir / "bert", prompt_text)
     return BenchProcessor.from_files(cfg, sp, workdir / "bert")
-
-
-def _offline_tokenizers(workdir: Path, text: Sequence[str]) -> None:
-    """A 320-piece Llama-style BPE sentencepiece model and a WordPiece vocabulary trained on `text` -> workdir.
-
-    The recipe of stllm.testing's tiny tokenizers (training code may not import stllm.testing, docs/design.md).
-    """
-    import io
-    import re
-
-    import sentencepiece as spm
-
-    lines = [line for t in text for line in t.splitlines() if line.strip()]
-    lines += [" ".join(lines).lower(), "###Human: ###Assistant: Best option:( (A) (B) (C) (D) Question: Options:"]
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines * 4),
-        model_writer=model,
-        model_type="bpe",
-        vocab_size=320,
-        byte_fallback=True,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        num_threads=1,
-        character_coverage=1.0,
-        user_defined_symbols=["###", "##", "#"],
-        minloglevel=2,
-    )
-    (workdir / "tokenizer.model").write_bytes(model.getvalue())
-    words = sorted({w for line in lines for w in re.findall(r"[a-z]+", line.lower())})
-    chars = sorted({c for w in words for c in w} | set("0123456789"))
-    vocab = [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-        *"()?.,:!'\"-#<>/",
-        *chars,
-        *("##" + c for c in chars),
-        *words,
-    ]
-    (workdir / "bert").mkdir(exist_ok=True)
-    (workdir / "bert" / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
 
 
 @dataclass
 class Protocol:
-    """A benchmark YAML's prompt fields (configs/eval/*.yaml `prompt:`) and decoding (`generation:`)."""
+    """A benchmark's prompt and decoding, read from configs/eval/<name>.yaml by the evaluation harness's own
+    config loader and prompt builder (so bench gpu measures exactly what `python -m stllm eval` runs)."""
 
-    prompt: dict[str, Any]
-    generation: GenerationConfig
+    config: EvalConfig
+
+    @property
+    def generation(self) -> GenerationConfig:
+        return self.config.generation
 
     def build(self, question: str) -> str:
-        """The model prompt for `question`: stllm.eval.prompts.build_prompt's "mvbench" and "chat" styles
-        (training code may not import stllm.eval; tests/test_bench_gpu.py checks both give the same strings)."""
-        p = self.prompt
-        system = p.get("system", "") if p.get("use_system", True) else ""
-        if p.get("style") == "mvbench":
-            body = system + question + p.get("question_suffix", "")
-            return f"{VIDEO_PLACEHOLDER}###Human: {body}\n###Assistant: {p.get('answer_prefix', '')}"
-        return f"{VIDEO_PLACEHOLDER}{system}###Human: {question} ###Assistant: {p.get('answer_prefix', '')}"
+        return build_prompt(question, self.config.prompt)
 
 
 def mcqa_text(question: str, candidates: Sequence[str]) -> str:
-    """MVBench's question template (docs/original.md §7.2): "Question: q\\nOptions:\\n(A) c0\\n(B) c1"."""
-    options = "".join(f"({chr(ord('A') + i)}) {c}\n" for i, c in enumerate(candidates))
-    return f"Question: {question}\nOptions:\n{options}".rstrip()
+    """MVBench's question template (docs/original.md §7.2): "Question: q\nOptions:\n(A) c0\n(B) c1"."""
+    return mcqa_question(question, candidates, candidates[0])[0]
 
 
 def load_protocol(name: str) -> Protocol:
-    """configs/eval/<name>.yaml -> its prompt fields and GenerationConfig."""
+    """configs/eval/<name>.yaml -> its EvalConfig (prompt fields and GenerationConfig)."""
     path = EVAL_CONFIGS / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: not found (bench gpu reads the benchmark's prompt and decoding from it)")
-    prompt = read_yaml(path).get("prompt", {})
-    return Protocol(dict(prompt), load_config(GenerationConfig, path, section="generation"))
+    return Protocol(load_config(EvalConfig, path))
 
 
 def training_batch(
@@ -712,7 +665,7 @@ def run(mode: str, device: str, out: Path | None) -> dict[str, Any]:
     name, peak = device_peak_flops(device)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        text = [mv.prompt.get("system", ""), vcg.prompt.get("system", ""), QUESTION, *CANDIDATES]
+        text = [mv.config.prompt.system, vcg.config.prompt.system, QUESTION, *CANDIDATES]
         qa_proc = make_processor(qa_cfg, Path(tmp), text)
         conv_proc = make_processor(conv_cfg, Path(tmp), text)
     with section_timer(timings, "numerics"):
