@@ -13,8 +13,12 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: $VENV is up to date"; exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-# The machine's pip config may list local indexes that lack most packages; drop those harmless warnings.
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+# Expected noise, dropped: the machine's pip config may list local indexes that lack most packages ("is ignored:
+# it is neither ..."), and setuptools prints a banner for every editable install (the block from
+# "BuildBackendWarning: Editable installation" to its "with strategy, WheelFile" line).
+quiet_pip() { awk '/is ignored: it is neither/ {next} /BuildBackendWarning: Editable installation/ {skip=1}
+                   skip && /with strategy, WheelFile/ {skip=0; next} !skip' >&2; }
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(quiet_pip); }
 pip install --upgrade pip >/dev/null
 # Every package at the exact version it was tested with (requirements-lock.txt); the dependencies themselves are
 # declared once, in pyproject.toml. CPU machines also pin the CPU torch wheel (constraints-cpu.txt).

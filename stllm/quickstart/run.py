@@ -175,7 +175,8 @@ def answer_accuracies(predictions: Path) -> dict[str, float]:
         if "raw" not in row:
             continue
         truth = row["answer"].split(") ", 1)[-1].strip()
-        written = row["raw"].split(")", 1)[-1].split("\n")[0].strip()
+        # the text without special tokens: `raw` keeps the original's rendering (a final "</s>", docs/faithfulness.md)
+        written = row.get("raw_clean", row["raw"]).split(")", 1)[-1].split("\n")[0].strip()
         right.setdefault(row["task"], []).append(int(written == truth))
     return {task: 100.0 * sum(v) / len(v) for task, v in right.items()}
 
