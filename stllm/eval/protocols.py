@@ -224,7 +224,7 @@ def _find_video(video_dir: Path, name: str, extensions: list[str]) -> Path | Non
     return None
 
 
-_VIDEO_DIR_HINT = " (annotations and videos in separate folders: add video_dir=/path/to/videos; docs/evaluation.md)"
+_VIDEO_DIR_HINT = " (annotations and videos in separate folders: add video_dir=VIDEO_FOLDER; docs/evaluation.md)"
 
 
 def _video_dir(cfg: EvalConfig) -> Path:
