@@ -1,9 +1,7 @@
-"""Original ST-LLM / LAVIS / Vicuna / HF InstructBLIP checkpoints -> our save_pretrained directory, strictly, shard by
-shard.
+"""Original ST-LLM / LAVIS / Vicuna / HF InstructBLIP checkpoints -> our model folder, strictly, shard by shard.
 
-`python -m stllm convert --from-stllm DIR --recipe qa --out OUT` converts the released weights (docs/original.md §6.1,
-6.3);
-`--from-lavis --eva F --qformer F --llm DIR` and `--from-hf-instructblip DIR` build the training start
+`python -m stllm convert --from-stllm DIR --recipe qa --out OUT` converts the released weights (docs/original.md
+§6.1, §6.3); `--from-lavis --eva F --qformer F --llm DIR` and `--from-hf-instructblip DIR` build the training start
 (docs/original.md §6.2).
 Every source key is mapped or skipped by a rule with a reason; every model tensor gets a value from a named file
 or from an initialisation listed in `conversion_report.json` (docs/design.md decision 3, docs/faithfulness.md
