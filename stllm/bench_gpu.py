@@ -393,9 +393,9 @@ def run_training(
             continue
         for checkpointing in (False, True):
             if checkpointing:
-                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
-                model.gradient_checkpointing_disable()
+                model.activation_checkpointing_disable()
             for batch in plan.train_batches:
                 row: dict[str, Any] = {"attention": attn, "checkpointing": checkpointing, "batch": batch}
                 rows.append(row)
@@ -430,7 +430,7 @@ def run_training(
                     optim.zero_grad(set_to_none=True)
                     inputs = dropped = None
                     free(plan.device)
-    model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable()
     model.set_attn_implementation("sdpa")
     del optim
     free(plan.device)
