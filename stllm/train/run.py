@@ -160,6 +160,11 @@ def train(cfg: TrainConfig, callbacks: Sequence[Any] = ()) -> str:
         trainer.save_model(str(out))  # gathers ZeRO-3 shards (stage3_gather_16bit_weights_on_model_save)
     if trainer.is_world_process_zero():
         extras.save_into(out)
+    # Every rank waits until rank 0 has written everything, then the process group is torn down in order: a rank
+    # that left while rank 0 was still writing could abort at exit (SIGABRT from a live communication thread).
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return str(out)
 
 
