@@ -46,3 +46,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
+    """8 drawn training videos + anno/toy.json (the toy-data command's layout), one per test module."""
+    from stllm.quickstart.toydata import write_drawn_dataset
+
+    root = tmp_path_factory.mktemp("toy")
+    write_drawn_dataset(root, num=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_init(tmp_path_factory):
+    """The training start of the tiny recipe (seed 42, the recipe's train.seed), one per test module."""
+    from stllm.testing import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_init"), seed=42)

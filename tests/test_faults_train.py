@@ -15,25 +15,11 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from stllm.cli import main as cli_main
-from stllm.quickstart.toydata import write_drawn_dataset
-from stllm.testing import build_tiny_model_dir
 from stllm.train import run
 from stllm.train.trainer import COMPLETE_FILE
 from tests.faults import REPO, assert_user_error, run_cli
 
 TINY = REPO / "configs" / "train" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy")
-    write_drawn_dataset(root, num=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory) -> Path:
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_init"), seed=42)
 
 
 def train_args(root: Path, out: Path, init: Path, *overrides: str) -> list[str]:

@@ -14,27 +14,13 @@ from stllm.cli import main as cli_main
 from stllm.config import ConfigError
 from stllm.data.processor import StllmProcessor
 from stllm.models.modeling import StllmForConditionalGeneration
-from stllm.quickstart.toydata import write_drawn_dataset, write_video_dataset
-from stllm.testing import build_tiny_model_dir
+from stllm.quickstart.toydata import write_video_dataset
 from stllm.train import run
 from stllm.train.config import load_train_config
 from tests.helpers import VIDEOS, need
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "train" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("toy")
-    write_drawn_dataset(root, num=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_init(tmp_path_factory) -> Path:
-    """The training start of the tiny recipe (seed 42, the recipe's train.seed)."""
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_init"), seed=42)
 
 
 def tiny_config(root: Path, out: Path, *overrides: str, init_from: Path):
